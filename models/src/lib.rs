@@ -1,0 +1,5 @@
+//! imago's diffusion engine: loaders, text encoders, UNet, VAE, schedulers and pipelines on candle.
+//! No async runtime and no HTTP here: the server reaches this crate through a dedicated thread.
+pub mod error;
+
+pub use error::{ModelError, Result};
