@@ -1,5 +1,9 @@
 //! imago's diffusion engine: loaders, text encoders, UNet, VAE, schedulers and pipelines on candle.
 //! No async runtime and no HTTP here: the server reaches this crate through a dedicated thread.
+pub mod builtin;
+pub mod device;
 pub mod error;
+pub mod pipeline;
+pub mod specs;
 
 pub use error::{ModelError, Result};

@@ -1,0 +1,184 @@
+//! Pipelines: from a model source to images. `DiffusionPipeline` is the one entry point the
+//! server and the CLI use; each family has its own module.
+mod components;
+pub mod image_io;
+mod observer;
+mod request;
+mod stable_diffusion;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use image::RgbImage;
+
+pub use components::ComponentStore;
+pub use observer::{NoObserver, StepObserver, StepProgress};
+pub use request::{img2img_steps, GenerationRequest, InitImage, MAX_BATCH};
+pub use stable_diffusion::{PromptEmbeddings, StableDiffusionPipeline};
+
+use crate::builtin::BuiltInComponents;
+use crate::device::{DTypeChoice, DeviceChoice};
+use crate::error::{ModelError, Result};
+use crate::loader::{cached_snapshot, hub_cache_dir, ModelFolder, ModelSource};
+use crate::specs::{self, Defaults, Family, ModelSpec};
+
+/// Time spent in each stage of one generation.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub text_encode: Duration,
+    pub denoise: Duration,
+    pub decode: Duration,
+}
+
+/// The result of one request: `images[i]` is image i of the batch.
+pub struct Generation {
+    pub images: Vec<RgbImage>,
+    /// The decoded batch in [0, 1], NCHW f32 (before 8-bit rounding).
+    pub decoded: Tensor,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    pub steps_run: usize,
+    pub prompt_truncated: bool,
+    pub timings: Timings,
+}
+
+/// A loaded model of any family.
+pub enum DiffusionPipeline {
+    StableDiffusion(Box<StableDiffusionPipeline>),
+}
+
+/// A loaded model with what is known about it.
+pub struct LoadedModel {
+    /// The id clients use: the repo id, the built-in id, or the folder's name.
+    pub id: String,
+    /// Where the weights came from (folder path or built-in id).
+    pub location: String,
+    pub spec: Option<&'static ModelSpec>,
+    pub pipeline: DiffusionPipeline,
+}
+
+impl LoadedModel {
+    /// Loads a model from a source string: a diffusers folder, a Hugging Face repo id present in the
+    /// local HF cache (`org/name` or `org/name@revision`), or a built-in id (`imago/tiny-sd`).
+    pub fn load(source: &str, device: DeviceChoice, dtype: DTypeChoice) -> Result<Self> {
+        let parsed = ModelSource::parse(source)?;
+        let (id, spec, store) = match parsed {
+            ModelSource::BuiltIn(builtin) => {
+                let id = builtin.to_string();
+                let spec = specs::find(&id);
+                (id, spec, ComponentStore::BuiltIn(BuiltInComponents::new(builtin)?))
+            }
+            ModelSource::Folder(path) => {
+                let folder = ModelFolder::open(&path)?;
+                let name = folder_name(&path);
+                (name.clone(), specs::find_by_folder_name(&name), ComponentStore::Folder(folder))
+            }
+            ModelSource::HubRepo { repo_id, revision } => {
+                let cache = hub_cache_dir();
+                let Some(snapshot) = cached_snapshot(&cache, &repo_id, revision.as_deref())? else {
+                    return Err(not_cached(&repo_id, revision.as_deref(), &cache));
+                };
+                let folder = ModelFolder::open(&snapshot)?;
+                (repo_id.clone(), specs::find(&repo_id), ComponentStore::Folder(folder))
+            }
+        };
+        let family = family_of(store.pipeline_class())?;
+        let device = device.open()?;
+        let dtype = dtype.resolve(&device, DType::F16);
+        tracing::info!(model = %id, from = %store.describe(), family = family.as_str(), ?dtype, "loading model");
+        let pipeline = StableDiffusionPipeline::load(&store, family, &device, dtype)?;
+        Ok(Self {
+            id,
+            location: store.describe(),
+            spec,
+            pipeline: DiffusionPipeline::StableDiffusion(Box::new(pipeline)),
+        })
+    }
+
+    /// Steps, guidance and size to use when the request gives none: the spec's, else diffusers'
+    /// defaults for the family at the UNet's native size.
+    pub fn defaults(&self) -> Defaults {
+        if let Some(spec) = self.spec {
+            return spec.defaults.clone();
+        }
+        let DiffusionPipeline::StableDiffusion(sd) = &self.pipeline;
+        let size = sd.native_size();
+        let guidance = match sd.family() {
+            Family::StableDiffusionXl => 5.0,
+            _ => 7.5,
+        };
+        Defaults { steps: 50, guidance, width: size, height: size }
+    }
+
+    pub fn family(&self) -> Family {
+        match &self.pipeline {
+            DiffusionPipeline::StableDiffusion(sd) => sd.family(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        match &self.pipeline {
+            DiffusionPipeline::StableDiffusion(sd) => sd.device(),
+        }
+    }
+
+    pub fn dtype(&self) -> DType {
+        match &self.pipeline {
+            DiffusionPipeline::StableDiffusion(sd) => sd.dtype(),
+        }
+    }
+
+    /// Width and height must be multiples of this.
+    pub fn size_multiple(&self) -> usize {
+        match &self.pipeline {
+            DiffusionPipeline::StableDiffusion(sd) => sd.vae_scale_factor(),
+        }
+    }
+
+    pub fn generate(&self, request: &GenerationRequest, observer: &mut dyn StepObserver) -> Result<Generation> {
+        match &self.pipeline {
+            DiffusionPipeline::StableDiffusion(sd) => sd.generate(request, observer),
+        }
+    }
+}
+
+/// The family a diffusers pipeline class belongs to.
+pub fn family_of(pipeline_class: &str) -> Result<Family> {
+    const SD: &[&str] = &[
+        "StableDiffusionPipeline",
+        "StableDiffusionImg2ImgPipeline",
+    ];
+    const SDXL: &[&str] = &["StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"];
+    if SD.contains(&pipeline_class) {
+        Ok(Family::StableDiffusion)
+    } else if SDXL.contains(&pipeline_class) {
+        Ok(Family::StableDiffusionXl)
+    } else {
+        Err(ModelError::Unsupported(format!(
+            "pipeline class {pipeline_class:?} in model_index.json; supported: {}",
+            SD.iter().chain(SDXL).copied().collect::<Vec<_>>().join(", ")
+        )))
+    }
+}
+
+fn folder_name(path: &Path) -> String {
+    let canonical = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    canonical
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| canonical.display().to_string())
+}
+
+fn not_cached(repo_id: &str, revision: Option<&str>, cache: &Path) -> ModelError {
+    let repo_dir: PathBuf = cache.join(format!("models--{}", repo_id.replace('/', "--")));
+    let rev = revision.map(|r| format!(" at revision {r}")).unwrap_or_default();
+    ModelError::MissingFile {
+        what: format!(
+            "model {repo_id}{rev} in the local Hugging Face cache (download it with `hf download {repo_id}` \
+             or pass a diffusers folder to --model)"
+        ),
+        path: repo_dir,
+    }
+}

@@ -1,0 +1,151 @@
+//! The model catalog: one `specs/*.toml` per served model, embedded in the binary.
+//! Defaults, quality-to-steps tables and limits live there, not in code.
+use std::sync::OnceLock;
+
+use serde::Deserialize;
+
+use crate::error::{ModelError, Result};
+
+/// The pipeline families the engine implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+pub enum Family {
+    #[serde(rename = "sd")]
+    StableDiffusion,
+    #[serde(rename = "sdxl")]
+    StableDiffusionXl,
+    #[serde(rename = "flux")]
+    Flux,
+}
+
+impl Family {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StableDiffusion => "sd",
+            Self::StableDiffusionXl => "sdxl",
+            Self::Flux => "flux",
+        }
+    }
+}
+
+/// Generation defaults of a model.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    pub steps: usize,
+    pub guidance: f64,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// Steps for each OpenRouter `quality` level.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QualitySteps {
+    pub auto: usize,
+    pub low: usize,
+    pub medium: usize,
+    pub high: usize,
+    pub xhigh: usize,
+    pub max: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub min_side: usize,
+    pub max_side: usize,
+    pub max_steps: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The Hugging Face repo id, or `imago/...` for a built-in model.
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub family: Family,
+    #[serde(default)]
+    pub revision: Option<String>,
+    #[serde(default)]
+    pub builtin: bool,
+    pub defaults: Defaults,
+    pub quality: QualitySteps,
+    pub limits: Limits,
+}
+
+const SPEC_FILES: &[(&str, &str)] = &[
+    ("imago--tiny-sd.toml", include_str!("../specs/imago--tiny-sd.toml")),
+    ("imago--tiny-sdxl.toml", include_str!("../specs/imago--tiny-sdxl.toml")),
+    ("stabilityai--sd-turbo.toml", include_str!("../specs/stabilityai--sd-turbo.toml")),
+    ("stabilityai--sdxl-turbo.toml", include_str!("../specs/stabilityai--sdxl-turbo.toml")),
+    (
+        "stabilityai--stable-diffusion-2-1-base.toml",
+        include_str!("../specs/stabilityai--stable-diffusion-2-1-base.toml"),
+    ),
+    (
+        "stabilityai--stable-diffusion-xl-base-1.0.toml",
+        include_str!("../specs/stabilityai--stable-diffusion-xl-base-1.0.toml"),
+    ),
+    (
+        "stable-diffusion-v1-5--stable-diffusion-v1-5.toml",
+        include_str!("../specs/stable-diffusion-v1-5--stable-diffusion-v1-5.toml"),
+    ),
+];
+
+fn parse_all() -> Result<Vec<ModelSpec>> {
+    SPEC_FILES
+        .iter()
+        .map(|(file, text)| {
+            toml::from_str::<ModelSpec>(text)
+                .map_err(|e| ModelError::invalid_file(format!("models/specs/{file}"), e.to_string()))
+        })
+        .collect()
+}
+
+/// Every spec in the catalog. The files are compiled in and checked by a test, so a parse
+/// failure here is a build defect.
+pub fn all() -> &'static [ModelSpec] {
+    static SPECS: OnceLock<Vec<ModelSpec>> = OnceLock::new();
+    SPECS.get_or_init(|| parse_all().expect("embedded model specs parse (checked by tests)"))
+}
+
+/// The spec of a repo id (case-insensitive, as the hub treats ids).
+pub fn find(id: &str) -> Option<&'static ModelSpec> {
+    all().iter().find(|s| s.id.eq_ignore_ascii_case(id))
+}
+
+/// The spec whose repo name matches a local folder's name (`./sd-turbo` is `stabilityai/sd-turbo`).
+pub fn find_by_folder_name(folder_name: &str) -> Option<&'static ModelSpec> {
+    all().iter().find(|s| {
+        s.id.rsplit('/')
+            .next()
+            .is_some_and(|name| name.eq_ignore_ascii_case(folder_name))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spec_file_is_embedded_and_valid() {
+        let specs = parse_all().unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("specs");
+        let on_disk = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(on_disk, SPEC_FILES.len(), "a file in {dir:?} is not listed in SPEC_FILES");
+        for (spec, (file, _)) in specs.iter().zip(SPEC_FILES) {
+            assert_eq!(*file, format!("{}.toml", spec.id.replace('/', "--")));
+            assert!(spec.defaults.steps >= 1 && spec.defaults.steps <= spec.limits.max_steps);
+            assert!(spec.defaults.width % 8 == 0 && spec.defaults.height % 8 == 0);
+            assert!(spec.limits.min_side <= spec.defaults.width && spec.defaults.width <= spec.limits.max_side);
+        }
+    }
+
+    #[test]
+    fn finds_by_id_and_folder_name() {
+        assert_eq!(find("StabilityAI/SD-Turbo").unwrap().defaults.steps, 1);
+        assert_eq!(find_by_folder_name("sdxl-turbo").unwrap().family, Family::StableDiffusionXl);
+        assert!(find("nobody/nothing").is_none());
+    }
+}

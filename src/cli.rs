@@ -1,0 +1,135 @@
+//! The command line: one clap derive tree; every option also reads an `IMAGO_*` variable.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use imago_models::device::{DTypeChoice, DeviceChoice};
+use imago_models::schedulers::SchedulerChoice;
+
+use crate::commands;
+
+#[derive(Debug, Parser)]
+#[command(name = "imago", version, about = "Self-hosted image generation: OpenRouter/OpenAI Images APIs on a local diffusion engine")]
+pub struct Cli {
+    /// Log filter for stderr (tracing's EnvFilter syntax, e.g. `info` or `imago=debug`).
+    #[arg(long, env = "IMAGO_LOG", default_value = "warn", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate images on this machine and write them as PNG files.
+    Generate(GenerateArgs),
+    /// List the built-in model catalog.
+    Models,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A diffusers folder, a Hugging Face repo id in the local HF cache (`org/name[@revision]`),
+    /// or a built-in model (`imago/tiny-sd`, `imago/tiny-sdxl`).
+    #[arg(long, env = "IMAGO_MODEL", default_value = "imago/tiny-sd")]
+    pub model: String,
+
+    /// What to draw.
+    #[arg(long, env = "IMAGO_PROMPT")]
+    pub prompt: String,
+
+    /// What to steer away from (used when guidance > 1).
+    #[arg(long, env = "IMAGO_NEGATIVE_PROMPT")]
+    pub negative_prompt: Option<String>,
+
+    /// Seed of the noise (same seed and parameters, same image as diffusers); random when absent.
+    #[arg(long, env = "IMAGO_SEED")]
+    pub seed: Option<u64>,
+
+    /// Denoising steps; the model's default when absent.
+    #[arg(long, env = "IMAGO_STEPS")]
+    pub steps: Option<usize>,
+
+    /// Classifier-free guidance scale (<= 1 runs no unconditional pass); the model's default when absent.
+    #[arg(long, env = "IMAGO_GUIDANCE")]
+    pub guidance: Option<f64>,
+
+    /// Output width in pixels (a multiple of 8); the model's default, or the input image's.
+    #[arg(long, env = "IMAGO_WIDTH")]
+    pub width: Option<usize>,
+
+    /// Output height in pixels (a multiple of 8); the model's default, or the input image's.
+    #[arg(long, env = "IMAGO_HEIGHT")]
+    pub height: Option<usize>,
+
+    /// Number of images, generated as one batch.
+    #[arg(short = 'n', long = "num-images", env = "IMAGO_NUM_IMAGES", default_value_t = 1)]
+    pub num_images: usize,
+
+    /// Start from this image (image-to-image).
+    #[arg(long, env = "IMAGO_IMAGE")]
+    pub image: Option<PathBuf>,
+
+    /// How much of the input image is repainted, in (0, 1] (image-to-image only).
+    #[arg(long, env = "IMAGO_STRENGTH", requires = "image")]
+    pub strength: Option<f64>,
+
+    /// Scheduler instead of the model's: euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, euler_karras.
+    #[arg(long, env = "IMAGO_SCHEDULER")]
+    pub scheduler: Option<SchedulerChoice>,
+
+    /// auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, env = "IMAGO_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
+
+    /// auto (f32 on CPU, f16 on GPU), f32, f16 or bf16.
+    #[arg(long, env = "IMAGO_DTYPE", default_value = "auto")]
+    pub dtype: DTypeChoice,
+
+    /// Folder for 0.png .. {n-1}.png (created if missing).
+    #[arg(long, env = "IMAGO_OUT_DIR")]
+    pub out_dir: PathBuf,
+
+    /// No progress bar.
+    #[arg(long, env = "IMAGO_QUIET")]
+    pub quiet: bool,
+}
+
+/// Parses the command line, runs the command, and maps errors to a one-line message and exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    let result = match cli.command {
+        Command::Generate(args) => commands::generate::run(args),
+        Command::Models => commands::models::run(),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", one_line(&err));
+            if err.downcast_ref::<imago_models::ModelError>().is_some_and(|e| matches!(e, imago_models::ModelError::Cancelled)) {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The error and its causes on one line, without repeating a cause its parent already quotes.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line.replace('\n', " ")
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

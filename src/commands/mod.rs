@@ -1,0 +1,3 @@
+//! One module per CLI subcommand.
+pub mod generate;
+pub mod models;

@@ -1,0 +1,4 @@
+//! imago: a self-hosted image-generation server and CLI on the `imago-models` engine.
+pub mod cli;
+pub mod commands;
+pub mod output;
