@@ -467,3 +467,47 @@ fn config_from_file_rejects_unsupported_activation() {
         other => panic!("expected MissingFile, got {other:?}"),
     }
 }
+
+#[test]
+fn flux_clip_pooled_output_matches_diffusers() {
+    // FLUX takes CLIPTextModel's pooler_output (no projection) as its pooled embedding.
+    let case = "flux-schnell-4step";
+    let expected = tensors(&parity(case).join("expected.safetensors"));
+    let ids = tokenizer(case, "tokenizer").encode(&prompt_of(case, "prompt"));
+    let out = encoder(case, "text_encoder")
+        .forward(&ids_tensor(&ids))
+        .expect("forward");
+    assert_close(
+        "pooled_prompt_embeds",
+        &out.pooled,
+        &expected["pooled_prompt_embeds"],
+    );
+}
+
+#[test]
+fn normalized_added_tokens_match_after_lower_casing() {
+    // Real SD tokenizer_config.json files list the specials in `added_tokens_decoder` with
+    // "normalized": true; transformers then matches them in the lower-cased text
+    // (ids below computed with transformers 5.24 on this same folder).
+    let source = parity("sd-turbo-1step").join("model/tokenizer");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for file in ["vocab.json", "merges.txt", "special_tokens_map.json"] {
+        std::fs::copy(source.join(file), dir.path().join(file)).expect("copy");
+    }
+    let token = |content: &str| {
+        serde_json::json!({"content": content, "lstrip": false, "normalized": true,
+                           "rstrip": false, "single_word": false, "special": true})
+    };
+    let config = serde_json::json!({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": 77,
+        "added_tokens_decoder": {"49406": token("<|startoftext|>"), "49407": token("<|endoftext|>")}
+    });
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).expect("write");
+    let tokenizer = ClipTokenizer::from_dir(dir.path()).expect("loads");
+    let mut want = vec![49406, 343, 49406, 344, 49407];
+    want.resize(77, 49407);
+    assert_eq!(tokenizer.encode("x <|STARTOFTEXT|> y").ids, want);
+    let mut want = vec![49406, 343, 49407, 344, 49407];
+    want.resize(77, 49407);
+    assert_eq!(tokenizer.encode("x<|endoftext|>y").ids, want);
+}
