@@ -5,5 +5,6 @@ pub mod device;
 pub mod error;
 pub mod pipeline;
 pub mod specs;
+pub mod text;
 
 pub use error::{ModelError, Result};
