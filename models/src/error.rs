@@ -32,7 +32,10 @@ pub enum ModelError {
 
     /// A generation parameter outside its bounds; the message names the parameter, bound and value.
     #[error("invalid {field}: {message}")]
-    InvalidInput { field: &'static str, message: String },
+    InvalidInput {
+        field: &'static str,
+        message: String,
+    },
 
     /// The caller asked the denoising loop to stop.
     #[error("generation cancelled")]

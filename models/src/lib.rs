@@ -3,8 +3,10 @@
 pub mod builtin;
 pub mod device;
 pub mod error;
+pub mod loader;
 pub mod pipeline;
 pub mod specs;
 pub mod text;
+pub mod tiny_weights;
 
 pub use error::{ModelError, Result};

@@ -1,0 +1,11 @@
+//! Finding and loading model files: diffusers pipeline folders, the Hugging Face cache, and the
+//! model sources a user may name (a folder, a Hub repo id, or a built-in tiny model).
+mod folder;
+mod hf_cache;
+mod source;
+mod weights;
+
+pub use folder::{Component, ModelFolder};
+pub use hf_cache::{cached_snapshot, hf_home, hub_cache_dir};
+pub use source::{BuiltInModel, ModelSource};
+pub use weights::{find_weight_files, mmap_var_builder, validate_safetensors};
