@@ -1,5 +1,8 @@
 //! imago's diffusion engine: loaders, text encoders, UNet, VAE, schedulers and pipelines on candle.
 //! No async runtime and no HTTP here: the server reaches this crate through a dedicated thread.
 pub mod error;
+pub mod nn;
+pub mod unet;
+pub mod vae;
 
 pub use error::{ModelError, Result};
