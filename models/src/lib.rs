@@ -4,9 +4,12 @@ pub mod builtin;
 pub mod device;
 pub mod error;
 pub mod loader;
+pub mod nn;
 pub mod pipeline;
 pub mod specs;
 pub mod text;
 pub mod tiny_weights;
+pub mod unet;
+pub mod vae;
 
 pub use error::{ModelError, Result};

@@ -1,0 +1,18 @@
+//! Building blocks shared by the UNet and the VAE, with diffusers' exact formulas and weight names.
+pub mod activation;
+pub mod attention;
+pub mod feed_forward;
+pub mod mid_block;
+pub mod norm;
+pub mod resnet;
+pub mod sampling;
+pub mod timestep;
+
+pub use activation::Activation;
+pub use attention::Attention;
+pub use feed_forward::FeedForward;
+pub use mid_block::{MidBlock2D, SpatialSelfAttention};
+pub use norm::{group_norm, GroupNorm};
+pub use resnet::{ResnetBlock2D, ResnetConfig, TimeEmbeddingNorm};
+pub use sampling::{Downsample2D, Upsample2D};
+pub use timestep::{timestep_embedding, TimestepEmbedding};

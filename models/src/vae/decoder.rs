@@ -1,0 +1,81 @@
+//! The VAE decoder: conv_in, mid block, UpDecoderBlock2Ds (layers_per_block + 1 resnets each,
+//! channels reversed), norm, SiLU, conv_out.
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Conv2d, VarBuilder};
+
+use super::encoder::{conv3x3, mid_block, resnet_config, VAE_EPS};
+use super::VaeConfig;
+use crate::nn::{group_norm, Activation, GroupNorm, MidBlock2D, ResnetBlock2D, Upsample2D};
+
+#[derive(Debug, Clone)]
+struct UpDecoderBlock2D {
+    resnets: Vec<ResnetBlock2D>,
+    upsampler: Option<Upsample2D>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    conv_in: Conv2d,
+    mid_block: MidBlock2D,
+    up_blocks: Vec<UpDecoderBlock2D>,
+    conv_norm_out: GroupNorm,
+    conv_out: Conv2d,
+}
+
+impl Decoder {
+    /// `config` must have passed `VaeConfig::validate`.
+    pub fn new(vb: VarBuilder, config: &VaeConfig, act: Activation) -> Result<Self> {
+        let reversed: Vec<usize> = config.block_out_channels.iter().rev().copied().collect();
+        let n = reversed.len();
+        let mut up_blocks = Vec::with_capacity(n);
+        let mut prev = reversed[0];
+        for (i, &out_c) in reversed.iter().enumerate() {
+            let vb_block = vb.pp(format!("up_blocks.{i}"));
+            let resnets = (0..config.layers_per_block + 1)
+                .map(|j| {
+                    let in_c = if j == 0 { prev } else { out_c };
+                    ResnetBlock2D::new(
+                        vb_block.pp(format!("resnets.{j}")),
+                        resnet_config(config, act, in_c, out_c),
+                    )
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let upsampler = if i + 1 < n {
+                Some(Upsample2D::new(vb_block.pp("upsamplers.0"), out_c, out_c)?)
+            } else {
+                None
+            };
+            up_blocks.push(UpDecoderBlock2D { resnets, upsampler });
+            prev = out_c;
+        }
+        let first = reversed[n - 1];
+        Ok(Self {
+            conv_in: conv3x3(vb.pp("conv_in"), config.latent_channels, reversed[0])?,
+            mid_block: mid_block(vb.pp("mid_block"), config, act)?,
+            up_blocks,
+            conv_norm_out: group_norm(
+                vb.pp("conv_norm_out"),
+                config.norm_num_groups,
+                first,
+                VAE_EPS,
+            )?,
+            conv_out: conv3x3(vb.pp("conv_out"), first, config.out_channels)?,
+        })
+    }
+
+    pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
+        let mut h = self.conv_in.forward(z)?;
+        h = self.mid_block.forward(&h, None)?;
+        for block in &self.up_blocks {
+            for resnet in &block.resnets {
+                h = resnet.forward(&h, None)?;
+            }
+            if let Some(up) = &block.upsampler {
+                h = up.forward(&h, None)?;
+            }
+        }
+        // Always SiLU here, whatever act_fn (diffusers' `conv_act = nn.SiLU()`).
+        let h = candle_nn::ops::silu(&self.conv_norm_out.forward(&h)?)?;
+        self.conv_out.forward(&h)
+    }
+}
