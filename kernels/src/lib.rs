@@ -2,5 +2,6 @@
 //! that is its test oracle.
 
 pub mod group_norm;
+mod math;
 
 pub use group_norm::{group_norm, group_norm_reference, Activation, GroupNormOp};

@@ -10,6 +10,8 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 use rayon::prelude::*;
 
+use crate::math::exp_f32;
+
 use super::{check_channel_param, input_dims, Activation, GroupNormDims};
 
 /// Elements converted to/from f32 at a time (fits L1 twice over).
@@ -240,11 +242,12 @@ fn affine(xs: &[f32], ys: &mut [f32], mean: SplitMean, scale: f32, bias: f32) {
     }
 }
 
-/// The affine step followed by SiLU, v / (1 + exp(-v)) as torch computes it.
+/// The affine step followed by SiLU, v / (1 + exp(-v)) as torch computes it (torch's CPU kernel
+/// also uses a vectorised polynomial exp rather than libm).
 fn affine_silu(xs: &[f32], ys: &mut [f32], mean: SplitMean, scale: f32, bias: f32) {
     for (y, &x) in ys.iter_mut().zip(xs) {
         let v = mean.center(x) * scale + bias;
-        *y = v / (1.0 + (-v).exp());
+        *y = v / (1.0 + exp_f32(-v));
     }
 }
 
