@@ -14,6 +14,7 @@ use imago_models::pipeline::{DiffusionPipeline, GenerationRequest, InitImage, Lo
 struct Recorder {
     noise: Option<Tensor>,
     steps: Vec<Tensor>,
+    timesteps: Vec<f64>,
 }
 
 impl StepObserver for Recorder {
@@ -24,6 +25,7 @@ impl StepObserver for Recorder {
     fn on_step(&mut self, progress: &StepProgress<'_>) -> ControlFlow<()> {
         assert_eq!(progress.step, self.steps.len());
         self.steps.push(progress.latents.clone());
+        self.timesteps.push(progress.timestep);
         ControlFlow::Continue(())
     }
 }
@@ -49,28 +51,46 @@ fn run_case(set: &str, name: &str) {
         init_image,
     };
 
-    // Prompt embeddings of the positive prompt, batch 1.
+    // Prompt embeddings for one image: with guidance the unconditional row comes first.
     let DiffusionPipeline::StableDiffusion(sd) = &model.pipeline;
     if let Some(want) = expected.get("prompt_embeds") {
-        let got = sd.encode_prompt(&case.prompt, None, 1, false).unwrap();
-        assert_close("prompt_embeds", &got.embeds.narrow(0, 0, 1).unwrap(), &want.narrow(0, 0, 1).unwrap(), case.atol_latents);
+        let cfg = request.uses_cfg();
+        let got = sd.encode_prompt(&case.prompt, case.negative_prompt.as_deref(), 1, cfg).unwrap();
+        let pos = usize::from(cfg);
+        let row = |t: &Tensor, i: usize| t.narrow(0, i, 1).unwrap();
+        assert_close("prompt_embeds", &row(&got.embeds, pos), &row(want, 0), case.atol_latents);
+        if let Some(want_neg) = expected.get("negative_prompt_embeds") {
+            assert_close("negative_prompt_embeds", &row(&got.embeds, 0), &row(want_neg, 0), case.atol_latents);
+        }
         if let Some(want_pooled) = expected.get("pooled_prompt_embeds") {
-            let pooled = got.pooled.expect("SDXL gives pooled embeddings");
-            assert_close("pooled_prompt_embeds", &pooled.narrow(0, 0, 1).unwrap(), &want_pooled.narrow(0, 0, 1).unwrap(), case.atol_latents);
+            let pooled = got.pooled.as_ref().expect("SDXL gives pooled embeddings");
+            assert_close("pooled_prompt_embeds", &row(pooled, pos), &row(want_pooled, 0), case.atol_latents);
+            if let Some(want_neg) = expected.get("negative_pooled_prompt_embeds") {
+                assert_close("negative_pooled_prompt_embeds", &row(pooled, 0), &row(want_neg, 0), case.atol_latents);
+            }
         }
     }
 
     let mut recorder = Recorder::default();
     let generation = model.generate(&request, &mut recorder).unwrap();
 
-    if let Some(want) = expected.get("latents_init") {
-        assert_close("latents_init (seeded noise)", recorder.noise.as_ref().unwrap(), want, 1e-6);
+    // Text-to-image cases store the starting noise as `latents_init`, image-to-image ones as `noise`.
+    if let Some(want) = expected.get("latents_init").or_else(|| expected.get("noise")) {
+        assert_close("seeded noise", recorder.noise.as_ref().unwrap(), want, 1e-6);
+    }
+    if let Some(want) = expected.get("timesteps") {
+        let want = want.to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(recorder.timesteps.len(), want.len(), "timesteps {:?} vs {want:?}", recorder.timesteps);
+        for (got, want) in recorder.timesteps.iter().zip(&want) {
+            assert!((got - want).abs() < 1e-3, "timesteps {:?} vs {want:?}", recorder.timesteps);
+        }
     }
     let expected_steps = (0..).take_while(|i| expected.contains_key(&format!("step_latents_{i}"))).count();
     assert_eq!(recorder.steps.len(), expected_steps, "number of denoising steps");
     for (i, got) in recorder.steps.iter().enumerate() {
         assert_close(&format!("step_latents_{i}"), got, &expected[&format!("step_latents_{i}")], case.atol_latents);
     }
+    assert_eq!(generation.prompt_truncated, name.contains("truncated"), "prompt truncation reported");
     assert_close("image", &generation.decoded, &expected["image"], case.atol_image);
     assert_eq!(generation.images.len(), case.n);
     for (i, image) in generation.images.iter().enumerate() {
@@ -97,3 +117,34 @@ parity_cases!("parity":
     parity_sd_dpmpp_vpred => "sd-dpmpp-vpred",
     parity_sd_euler_a_3step => "sd-euler-a-3step",
 );
+
+parity_cases!("extra":
+    extra_sd_ddim_cfg_batch2 => "sd-ddim-cfg-batch2",
+    extra_sd_ddim_vpred_config => "sd-ddim-vpred-config",
+    extra_sd_dpmpp_vpred_trailing => "sd-dpmpp-vpred-trailing",
+    extra_sd_dpmpp2m_bigseed => "sd-dpmpp2m-bigseed",
+    extra_sd_euler_leading_offset0 => "sd-euler-leading-offset0",
+    extra_sd_euler_linspace => "sd-euler-linspace",
+    extra_sd_img2img_dpmpp_karras_batch2 => "sd-img2img-dpmpp-karras-batch2",
+    extra_sd_long_prompt_truncated => "sd-long-prompt-truncated",
+    extra_sd_turbo_euler_batch3 => "sd-turbo-euler-batch3",
+    extra_sdxl_cfg_zero_neg => "sdxl-cfg-zero-neg",
+    extra_sdxl_euler_cfg_neg => "sdxl-euler-cfg-neg",
+    extra_sdxl_img2img => "sdxl-img2img",
+    extra_sdxl_leading_offset0 => "sdxl-leading-offset0",
+);
+
+/// Every case folder on disk is listed above (a new fixture cannot be silently skipped).
+#[test]
+fn every_case_folder_is_tested() {
+    let listed = include_str!("parity.rs");
+    for set in ["parity", "extra"] {
+        for entry in std::fs::read_dir(common::fixtures().join(set)).unwrap() {
+            let entry = entry.unwrap();
+            let name = entry.file_name().into_string().unwrap();
+            if entry.path().join("case.json").exists() && !name.starts_with("flux") {
+                assert!(listed.contains(&format!("=> \"{name}\"")), "case {set}/{name} is not in tests/parity.rs");
+            }
+        }
+    }
+}

@@ -45,7 +45,7 @@ impl SpatialSelfAttention {
         let (b, c, h, w) = x.dims4()?;
         // GroupNorm over (b, c, h*w), then tokens are the pixels: (b, h*w, c).
         let normed = self.group_norm.forward(&x.reshape((b, c, h * w))?)?;
-        let tokens = normed.transpose(1, 2)?;
+        let tokens = normed.transpose(1, 2)?.contiguous()?;
         let out = self.attention.forward(&tokens, None)?;
         let out = out.transpose(1, 2)?.reshape((b, c, h, w))?;
         let out = (out + x)?;

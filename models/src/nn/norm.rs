@@ -1,16 +1,33 @@
 //! Normalisation layers. GroupNorm goes through this one wrapper so a fused kernel can replace it
 //! in a single place.
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
+use imago_kernels::Activation as FusedActivation;
 
+use super::activation::Activation;
+
+/// GroupNorm on imago-kernels' fused op (one statistics pass, one write pass, SiLU fused).
 #[derive(Debug, Clone)]
 pub struct GroupNorm {
-    inner: candle_nn::GroupNorm,
+    weight: Tensor,
+    bias: Tensor,
+    num_groups: usize,
+    eps: f64,
 }
 
 impl GroupNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.inner.forward(x)
+        imago_kernels::group_norm(x, self.num_groups, &self.weight, &self.bias, self.eps, FusedActivation::None)
+    }
+
+    /// `act(group_norm(x))`, fused when the activation is SiLU.
+    pub fn forward_then(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        match act {
+            Activation::Silu => {
+                imago_kernels::group_norm(x, self.num_groups, &self.weight, &self.bias, self.eps, FusedActivation::Silu)
+            }
+            other => other.forward(&self.forward(x)?),
+        }
     }
 }
 
@@ -23,8 +40,10 @@ pub fn group_norm(
 ) -> Result<GroupNorm> {
     let weight = vb.get(channels, "weight")?;
     let bias = vb.get(channels, "bias")?;
-    let inner = candle_nn::GroupNorm::new(weight, bias, channels, num_groups, eps)?;
-    Ok(GroupNorm { inner })
+    if num_groups == 0 || channels % num_groups != 0 {
+        candle_core::bail!("group norm {}: {channels} channels are not divisible by {num_groups} groups", vb.prefix());
+    }
+    Ok(GroupNorm { weight, bias, num_groups, eps })
 }
 
 /// torch's `nn.LayerNorm(dim, eps)` with affine weight and bias.

@@ -99,7 +99,7 @@ impl ResnetBlock2D {
     /// `temb`: (batch, temb_channels), already the UNet's embedding (this block applies the
     /// activation before its projection, as diffusers does with skip_time_act false).
     pub fn forward(&self, input: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.act.forward(&self.norm1.forward(input)?)?;
+        let h = self.norm1.forward_then(input, self.act)?;
         let h = self.conv1.forward(&h)?;
         let temb = match (temb, &self.time_emb_proj) {
             (Some(t), Some(proj)) => Some(
@@ -110,19 +110,20 @@ impl ResnetBlock2D {
             _ => None,
         };
         let h = match (self.time_embedding_norm, temb) {
-            (TimeEmbeddingNorm::Default, Some(t)) => self.norm2.forward(&h.broadcast_add(&t)?)?,
+            (TimeEmbeddingNorm::Default, Some(t)) => self.norm2.forward_then(&h.broadcast_add(&t)?, self.act)?,
             (TimeEmbeddingNorm::ScaleShift, Some(t)) => {
                 let chans = t.dim(1)? / 2;
                 let scale = t.narrow(1, 0, chans)?;
                 let shift = t.narrow(1, chans, chans)?;
-                self.norm2
+                let h = self
+                    .norm2
                     .forward(&h)?
                     .broadcast_mul(&(scale + 1.0)?)?
-                    .broadcast_add(&shift)?
+                    .broadcast_add(&shift)?;
+                self.act.forward(&h)?
             }
-            (_, None) => self.norm2.forward(&h)?,
+            (_, None) => self.norm2.forward_then(&h, self.act)?,
         };
-        let h = self.act.forward(&h)?;
         let h = self.conv2.forward(&h)?;
         let shortcut = match &self.conv_shortcut {
             Some(conv) => conv.forward(input)?,

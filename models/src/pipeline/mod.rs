@@ -104,12 +104,12 @@ impl LoadedModel {
             return spec.defaults.clone();
         }
         let DiffusionPipeline::StableDiffusion(sd) = &self.pipeline;
-        let size = sd.native_size();
+        let (width, height) = sd.native_size();
         let guidance = match sd.family() {
             Family::StableDiffusionXl => 5.0,
             _ => 7.5,
         };
-        Defaults { steps: 50, guidance, width: size, height: size }
+        Defaults { steps: 50, guidance, width, height }
     }
 
     pub fn family(&self) -> Family {

@@ -132,9 +132,15 @@ impl StableDiffusionPipeline {
         self.vae_scale_factor
     }
 
-    /// The size the UNet was trained at (`sample_size` x VAE factor), diffusers' default size.
-    pub fn native_size(&self) -> usize {
-        self.unet_config.sample_size * self.vae_scale_factor
+    /// The (width, height) the UNet was trained at (`sample_size` x VAE factor): diffusers'
+    /// default size; 512 when the config has no `sample_size`.
+    pub fn native_size(&self) -> (usize, usize) {
+        let (h, w) = self
+            .unet_config
+            .sample_size
+            .map(|s| s.height_width())
+            .unwrap_or((512 / self.vae_scale_factor, 512 / self.vae_scale_factor));
+        (w * self.vae_scale_factor, h * self.vae_scale_factor)
     }
 
     pub fn scheduler_config(&self) -> &SchedulerConfig {

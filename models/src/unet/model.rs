@@ -260,7 +260,7 @@ impl UNet2DConditionModel {
         }
 
         // 6. post-process
-        let h = self.conv_act.forward(&self.conv_norm_out.forward(&h)?)?;
+        let h = self.conv_norm_out.forward_then(&h, self.conv_act)?;
         Ok(self.conv_out.forward(&h)?)
     }
 

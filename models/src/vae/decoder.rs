@@ -75,7 +75,7 @@ impl Decoder {
             }
         }
         // Always SiLU here, whatever act_fn (diffusers' `conv_act = nn.SiLU()`).
-        let h = candle_nn::ops::silu(&self.conv_norm_out.forward(&h)?)?;
+        let h = self.conv_norm_out.forward_then(&h, Activation::Silu)?;
         self.conv_out.forward(&h)
     }
 }

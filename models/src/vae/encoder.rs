@@ -121,7 +121,7 @@ impl Encoder {
         }
         h = self.mid_block.forward(&h, None)?;
         // The encoder's output activation is always SiLU (diffusers' `conv_act = nn.SiLU()`).
-        let h = candle_nn::ops::silu(&self.conv_norm_out.forward(&h)?)?;
+        let h = self.conv_norm_out.forward_then(&h, Activation::Silu)?;
         self.conv_out.forward(&h)
     }
 }
