@@ -6,6 +6,8 @@ pub mod error;
 pub mod loader;
 pub mod nn;
 pub mod pipeline;
+pub mod rng;
+pub mod schedulers;
 pub mod specs;
 pub mod text;
 pub mod tiny_weights;
