@@ -142,7 +142,11 @@ fn every_case_folder_is_tested() {
         for entry in std::fs::read_dir(common::fixtures().join(set)).unwrap() {
             let entry = entry.unwrap();
             let name = entry.file_name().into_string().unwrap();
-            if entry.path().join("case.json").exists() && !name.starts_with("flux") {
+            let case_json = entry.path().join("case.json");
+            let Ok(text) = std::fs::read_to_string(&case_json) else { continue };
+            // Pipeline cases of the SD families (FLUX and the preview decoders are other issues').
+            let case: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if case.get("prompt").is_some() && !name.starts_with("flux") {
                 assert!(listed.contains(&format!("=> \"{name}\"")), "case {set}/{name} is not in tests/parity.rs");
             }
         }

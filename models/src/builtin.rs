@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::error::{ModelError, Result};
 use crate::loader::BuiltInModel;
+use crate::schedulers::SchedulerConfig;
 use crate::text::ClipTokenizer;
 use crate::tiny_weights::{deterministic_var_builder, tiny_clip_vocab};
 
@@ -102,6 +103,16 @@ impl BuiltInComponents {
             }
         }
         serde_json::from_value(value).map_err(|e| ModelError::invalid_file(format!("builtin {component}.json"), e.to_string()))
+    }
+
+    pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        let text = self
+            .files
+            .iter()
+            .find(|(name, _)| *name == "scheduler")
+            .map(|(_, text)| *text)
+            .unwrap_or_default();
+        SchedulerConfig::from_json(text).map_err(|e| ModelError::invalid_file("builtin scheduler.json", e.to_string()))
     }
 
     /// Weights drawn from a seed that depends on the model and the component, so each component

@@ -79,6 +79,7 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 
 pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, atol: f64) {
     let diff = max_abs_diff(actual, expected);
+    if std::env::var_os("IMAGO_TEST_VERBOSE").is_some() { eprintln!("{what}: {diff:e}"); }
     assert!(diff as f64 <= atol, "{what}: max abs diff {diff:e} > {atol:e}");
 }
 

@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use crate::builtin::BuiltInComponents;
 use crate::error::Result;
 use crate::loader::ModelFolder;
+use crate::schedulers::SchedulerConfig;
 use crate::text::ClipTokenizer;
 
 pub enum ComponentStore {
@@ -41,6 +42,14 @@ impl ComponentStore {
         match self {
             Self::Folder(folder) => folder.component(component)?.config(),
             Self::BuiltIn(builtin) => builtin.config(component),
+        }
+    }
+
+    /// `scheduler/scheduler_config.json`, read with Python's non-finite float tokens allowed.
+    pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        match self {
+            Self::Folder(folder) => SchedulerConfig::from_file(&folder.component("scheduler")?.config_path()),
+            Self::BuiltIn(builtin) => builtin.scheduler_config(),
         }
     }
 

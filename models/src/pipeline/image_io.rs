@@ -59,17 +59,19 @@ mod tests {
 
     #[test]
     fn rounds_half_to_even_like_numpy() {
-        // 0.5/255 * 255 = 0.5 -> 0 ; 1.5/255 * 255 = 1.5 -> 2
+        // f32 inputs whose product with 255 is exactly k + 0.5 (0.5, 1.5), and ordinary values;
+        // the expected bytes are numpy's `(np.float32(v) * 255).round()`.
         let t = Tensor::from_vec(
-            vec![0.5f32 / 255.0, 1.5 / 255.0, 1.0, 0.0, 0.25, 0.75, 0.1, 0.2, 0.3, 0.4, 0.6, 0.9],
+            vec![0.001_960_784_4f32, 0.005_882_353, 1.0, 0.0, 0.25, 0.75, 0.1, 0.2, 0.3, 0.4, 0.6, 0.9],
             (1, 3, 2, 2),
             &Device::Cpu,
         )
         .unwrap();
         let img = &to_rgb_images(&t).unwrap()[0];
-        assert_eq!(img.get_pixel(0, 0).0, [0, 64, 26]);
-        assert_eq!(img.get_pixel(1, 0).0[0], 2);
-        assert_eq!(img.get_pixel(0, 1).0[0], 255);
+        assert_eq!(img.get_pixel(0, 0).0, [0, 64, 76]);
+        assert_eq!(img.get_pixel(1, 0).0, [2, 191, 102]);
+        assert_eq!(img.get_pixel(0, 1).0, [255, 26, 153]);
+        assert_eq!(img.get_pixel(1, 1).0, [0, 51, 230]);
     }
 
     #[test]

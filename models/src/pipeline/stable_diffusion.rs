@@ -12,11 +12,28 @@ use super::request::{img2img_steps, GenerationRequest};
 use super::{Generation, Timings};
 use crate::error::{ModelError, Result};
 use crate::rng::TorchGenerator;
-use crate::schedulers::{Scheduler, SchedulerConfig};
+use crate::schedulers::{Scheduler, SchedulerConfig, SchedulerKind};
 use crate::specs::Family;
 use crate::text::{ClipTextConfig, ClipTextModel, ClipTokenizer};
 use crate::unet::{AddedConditions, UNet2DConditionModel, UNetConfig};
 use crate::vae::{AutoencoderKL, VaeConfig};
+
+/// Used when a model ships a scheduler class this engine does not implement (e.g. PNDM) and the
+/// request names none.
+pub const FALLBACK_SCHEDULER: &str = "euler";
+
+/// What diffusers' StableDiffusionPipeline (and its img2img sibling, not the SDXL ones) does to the
+/// model's own scheduler config when it is built: deprecated `steps_offset != 1` becomes 1 and a
+/// `clip_sample` that is on (DDIM's default) is turned off. A scheduler chosen later with
+/// `from_config` sees the patched `steps_offset`, and `clip_sample` only if the model's class has it.
+fn sd_scheduler_fixups(config: &mut SchedulerConfig) {
+    if config.steps_offset.unwrap_or(0) != 1 {
+        config.steps_offset = Some(1);
+    }
+    if matches!(config.kind(), Ok(SchedulerKind::Ddim)) && config.clip_sample.unwrap_or(true) {
+        config.clip_sample = Some(false);
+    }
+}
 
 /// One CLIP tokenizer and its encoder.
 struct TextTower {
@@ -96,9 +113,15 @@ impl StableDiffusionPipeline {
         let vae_dtype = if dtype == DType::F16 && vae_config.force_upcast { DType::F32 } else { dtype };
         let vae_scale_factor = 1 << vae_config.block_out_channels.len().saturating_sub(1);
         let vae = AutoencoderKL::new(store.var_builder("vae", vae_dtype, device)?, &vae_config)?;
-        let scheduler_config: SchedulerConfig = store.config("scheduler")?;
-        // Fail at load time, not at the first request, on a scheduler we do not implement.
-        scheduler_config.kind()?;
+        let mut scheduler_config = store.scheduler_config()?;
+        if family == Family::StableDiffusion {
+            sd_scheduler_fixups(&mut scheduler_config);
+        }
+        if let Err(err) = scheduler_config.kind() {
+            tracing::warn!(
+                "{err}; requests that name no scheduler use {FALLBACK_SCHEDULER} (built from the model's scheduler config)"
+            );
+        }
         Ok(Self {
             family,
             device: device.clone(),
@@ -227,7 +250,13 @@ impl StableDiffusionPipeline {
         let started = Instant::now();
         let n = request.batch_size;
         let cfg = request.uses_cfg();
-        let mut scheduler = Scheduler::new(&self.scheduler_config, request.scheduler, request.steps)?;
+        let choice = match request.scheduler {
+            Some(choice) => Some(choice),
+            // The model's own scheduler class is not implemented: use the fallback.
+            None if self.scheduler_config.kind().is_err() => Some(FALLBACK_SCHEDULER.parse()?),
+            None => None,
+        };
+        let mut scheduler = Scheduler::new(&self.scheduler_config, choice, request.steps)?;
         let timesteps = scheduler.timesteps().to_vec();
 
         let prompt = self.encode_prompt(&request.prompt, request.negative_prompt.as_deref(), n, cfg)?;
