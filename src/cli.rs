@@ -9,7 +9,11 @@ use imago_models::schedulers::SchedulerChoice;
 use crate::commands;
 
 #[derive(Debug, Parser)]
-#[command(name = "imago", version, about = "Self-hosted image generation: OpenRouter/OpenAI Images APIs on a local diffusion engine")]
+#[command(
+    name = "imago",
+    version,
+    about = "Self-hosted image generation: OpenRouter/OpenAI Images APIs on a local diffusion engine"
+)]
 pub struct Cli {
     /// Log filter for stderr (tracing's EnvFilter syntax, e.g. `info` or `imago=debug`).
     #[arg(long, env = "IMAGO_LOG", default_value = "warn", global = true)]
@@ -22,7 +26,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Generate images on this machine and write them as PNG files.
-    Generate(GenerateArgs),
+    Generate(Box<GenerateArgs>),
     /// List the built-in model catalog.
     Models,
 }
@@ -63,7 +67,12 @@ pub struct GenerateArgs {
     pub height: Option<usize>,
 
     /// Number of images, generated as one batch.
-    #[arg(short = 'n', long = "num-images", env = "IMAGO_NUM_IMAGES", default_value_t = 1)]
+    #[arg(
+        short = 'n',
+        long = "num-images",
+        env = "IMAGO_NUM_IMAGES",
+        default_value_t = 1
+    )]
     pub num_images: usize,
 
     /// Start from this image (image-to-image).
@@ -100,14 +109,17 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
     let result = match cli.command {
-        Command::Generate(args) => commands::generate::run(args),
+        Command::Generate(args) => commands::generate::run(*args),
         Command::Models => commands::models::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", one_line(&err));
-            if err.downcast_ref::<imago_models::ModelError>().is_some_and(|e| matches!(e, imago_models::ModelError::Cancelled)) {
+            if err
+                .downcast_ref::<imago_models::ModelError>()
+                .is_some_and(|e| matches!(e, imago_models::ModelError::Cancelled))
+            {
                 ExitCode::from(130)
             } else {
                 ExitCode::FAILURE
@@ -130,6 +142,10 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -10,7 +10,8 @@ use image::{ImageFormat, RgbImage};
 /// temporary name and renamed into place; on any failure the files already placed are removed,
 /// so a failed run leaves no partial output.
 pub fn write_pngs(dir: &Path, images: &[RgbImage]) -> Result<Vec<PathBuf>> {
-    fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+    fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create output folder {}", dir.display()))?;
     let mut written = Vec::with_capacity(images.len());
     for (index, image) in images.iter().enumerate() {
         let path = dir.join(format!("{index}.png"));
@@ -26,16 +27,24 @@ pub fn write_pngs(dir: &Path, images: &[RgbImage]) -> Result<Vec<PathBuf>> {
 }
 
 fn write_png_atomically(path: &Path, image: &RgbImage) -> Result<()> {
-    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.{}.tmp", std::process::id()));
     let result = (|| -> Result<()> {
-        let file = fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        let file =
+            fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut writer = BufWriter::new(file);
         image
             .write_to(&mut writer, ImageFormat::Png)
             .with_context(|| format!("cannot encode {}", path.display()))?;
-        let file = writer.into_inner().map_err(|e| e.into_error()).with_context(|| format!("cannot write {}", tmp.display()))?;
-        file.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         fs::rename(&tmp, path).with_context(|| format!("cannot move {} into place", path.display()))
     })();
     if result.is_err() {
@@ -57,7 +66,10 @@ mod tests {
         assert_eq!(paths, vec![out.join("0.png"), out.join("1.png")]);
         let back = image::open(&paths[1]).unwrap().to_rgb8();
         assert_eq!(back, a);
-        let leftovers: Vec<_> = fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let leftovers: Vec<_> = fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(leftovers.len(), 2, "{leftovers:?}");
     }
 
@@ -69,7 +81,10 @@ mod tests {
         let img = RgbImage::new(2, 2);
         assert!(write_pngs(dir.path(), &[img.clone(), img]).is_err());
         assert!(!dir.path().join("0.png").exists());
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("1.png")]);
     }
 }

@@ -67,18 +67,32 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn generate_matches_every_parity_case_png() {
-    for name in ["sd-turbo-1step", "sd-euler-cfg", "sdxl-turbo-1step", "sd-img2img", "sd-dpmpp-vpred", "sd-euler-a-3step"] {
+    for name in [
+        "sd-turbo-1step",
+        "sd-euler-cfg",
+        "sdxl-turbo-1step",
+        "sd-img2img",
+        "sd-dpmpp-vpred",
+        "sd-euler-a-3step",
+    ] {
         let case = Case::load("parity", name);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let stdout = run_ok(&case_args(&case, &out));
-        assert!(stdout.contains(&format!("seed: {}", case.seed)), "{name}: {stdout}");
+        assert!(
+            stdout.contains(&format!("seed: {}", case.seed)),
+            "{name}: {stdout}"
+        );
         for i in 0..case.n {
             let png = out.join(format!("{i}.png"));
             let got = image::open(&png).unwrap().to_rgb8();
             assert_png_close(&png, &got, &case.expected_png(i));
         }
-        assert_eq!(files_in(&out).len(), case.n, "{name}: only the PNGs are written");
+        assert_eq!(
+            files_in(&out).len(),
+            case.n,
+            "{name}: only the PNGs are written"
+        );
     }
 }
 
@@ -94,10 +108,16 @@ fn the_same_command_twice_gives_byte_identical_pngs() {
         let n = args.iter().position(|a| a == "-n").unwrap();
         args[n + 1] = "2".into();
         run_ok(&args);
-        outputs.push((std::fs::read(out.join("0.png")).unwrap(), std::fs::read(out.join("1.png")).unwrap()));
+        outputs.push((
+            std::fs::read(out.join("0.png")).unwrap(),
+            std::fs::read(out.join("1.png")).unwrap(),
+        ));
     }
     assert_eq!(outputs[0], outputs[1]);
-    assert_ne!(outputs[0].0, outputs[0].1, "batch images differ from each other");
+    assert_ne!(
+        outputs[0].0, outputs[0].1,
+        "batch images differ from each other"
+    );
 }
 
 #[test]
@@ -126,7 +146,10 @@ fn builtin_models_generate_without_any_files() {
         assert_eq!(img.dimensions(), (64, 48));
         // Random weights still give a picture, not a flat colour.
         let first = img.get_pixel(0, 0);
-        assert!(img.pixels().any(|p| p != first), "{model} produced a flat image");
+        assert!(
+            img.pixels().any(|p| p != first),
+            "{model} produced a flat image"
+        );
     }
 }
 
@@ -152,7 +175,11 @@ fn expect_error(args: &[String], out: &Path) -> String {
     assert!(!output.status.success(), "expected failure for {args:?}");
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
-    assert!(files_in(out).is_empty(), "no files written: {:?}", files_in(out));
+    assert!(
+        files_in(out).is_empty(),
+        "no files written: {:?}",
+        files_in(out)
+    );
     stderr
 }
 
@@ -175,7 +202,10 @@ fn bad_input_is_a_one_line_error_and_writes_nothing() {
     assert!(e.contains("/nonexistent/model"), "{e}");
 
     let e = expect_error(&with(&|a| set(a, "--width", "60")), &out);
-    assert!(e.contains("width") && e.contains("60") && e.contains("multiple of 8"), "{e}");
+    assert!(
+        e.contains("width") && e.contains("60") && e.contains("multiple of 8"),
+        "{e}"
+    );
 
     let e = expect_error(&with(&|a| set(a, "--steps", "0")), &out);
     assert!(e.contains("steps"), "{e}");
@@ -193,7 +223,10 @@ fn bad_input_is_a_one_line_error_and_writes_nothing() {
     set(&mut args, "--strength", "0.5");
     set(&mut args, "--image", garbage.to_str().unwrap());
     let e = expect_error(&args, &out);
-    assert!(e.contains("--image") && e.contains("not-an-image.png"), "{e}");
+    assert!(
+        e.contains("--image") && e.contains("not-an-image.png"),
+        "{e}"
+    );
     set(&mut args, "--image", "/nonexistent/init.png");
     let e = expect_error(&args, &out);
     assert!(e.contains("/nonexistent/init.png"), "{e}");
@@ -222,19 +255,30 @@ fn broken_model_folders_are_named_in_the_error() {
     copy_dir(&case.model_dir().join("unet"), &model.join("unet"));
     std::fs::remove_file(model.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
     let e = run_on_model(&model);
-    assert!(e.contains("vae") && e.contains("diffusion_pytorch_model"), "{e}");
+    assert!(
+        e.contains("vae") && e.contains("diffusion_pytorch_model"),
+        "{e}"
+    );
 
     // A corrupt (truncated) safetensors file.
-    let original = std::fs::read(case.model_dir().join("vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let original = std::fs::read(
+        case.model_dir()
+            .join("vae/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
     let vae_file = model.join("vae/diffusion_pytorch_model.safetensors");
     std::fs::write(&vae_file, &original[..original.len() / 2]).unwrap();
     let e = run_on_model(&model);
-    assert!(e.contains("diffusion_pytorch_model.safetensors") && e.contains("vae"), "{e}");
+    assert!(
+        e.contains("diffusion_pytorch_model.safetensors") && e.contains("vae"),
+        "{e}"
+    );
 
     // A tensor with the wrong shape: conv_in of the UNet with one output channel too few.
     std::fs::write(&vae_file, &original).unwrap();
     let unet_file = model.join("unet/diffusion_pytorch_model.safetensors");
-    let mut tensors = candle_core::safetensors::load(&unet_file, &candle_core::Device::Cpu).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(&unet_file, &candle_core::Device::Cpu).unwrap();
     let conv_in = tensors["conv_in.weight"].narrow(0, 0, 31).unwrap();
     tensors.insert("conv_in.weight".into(), conv_in);
     candle_core::safetensors::save(&tensors, &unet_file).unwrap();

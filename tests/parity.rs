@@ -8,7 +8,9 @@ use std::ops::ControlFlow;
 use candle_core::Tensor;
 use common::{assert_close, assert_png_close, Case};
 use imago_models::device::{DTypeChoice, DeviceChoice};
-use imago_models::pipeline::{DiffusionPipeline, GenerationRequest, InitImage, LoadedModel, StepObserver, StepProgress};
+use imago_models::pipeline::{
+    DiffusionPipeline, GenerationRequest, InitImage, LoadedModel, StepObserver, StepProgress,
+};
 
 #[derive(Default)]
 struct Recorder {
@@ -32,7 +34,12 @@ impl StepObserver for Recorder {
 
 fn run_case(set: &str, name: &str) {
     let case = Case::load(set, name);
-    let model = LoadedModel::load(case.model_dir().to_str().unwrap(), DeviceChoice::Cpu, DTypeChoice::F32).unwrap();
+    let model = LoadedModel::load(
+        case.model_dir().to_str().unwrap(),
+        DeviceChoice::Cpu,
+        DTypeChoice::F32,
+    )
+    .unwrap();
     let expected = case.expected();
     let init_image = case.input_image_path().map(|path| InitImage {
         image: image::open(path).unwrap().to_rgb8(),
@@ -55,18 +62,40 @@ fn run_case(set: &str, name: &str) {
     let DiffusionPipeline::StableDiffusion(sd) = &model.pipeline;
     if let Some(want) = expected.get("prompt_embeds") {
         let cfg = request.uses_cfg();
-        let got = sd.encode_prompt(&case.prompt, case.negative_prompt.as_deref(), 1, cfg).unwrap();
+        let got = sd
+            .encode_prompt(&case.prompt, case.negative_prompt.as_deref(), 1, cfg)
+            .unwrap();
         let pos = usize::from(cfg);
         let row = |t: &Tensor, i: usize| t.narrow(0, i, 1).unwrap();
-        assert_close("prompt_embeds", &row(&got.embeds, pos), &row(want, 0), case.atol_latents);
+        assert_close(
+            "prompt_embeds",
+            &row(&got.embeds, pos),
+            &row(want, 0),
+            case.atol_latents,
+        );
         if let Some(want_neg) = expected.get("negative_prompt_embeds") {
-            assert_close("negative_prompt_embeds", &row(&got.embeds, 0), &row(want_neg, 0), case.atol_latents);
+            assert_close(
+                "negative_prompt_embeds",
+                &row(&got.embeds, 0),
+                &row(want_neg, 0),
+                case.atol_latents,
+            );
         }
         if let Some(want_pooled) = expected.get("pooled_prompt_embeds") {
             let pooled = got.pooled.as_ref().expect("SDXL gives pooled embeddings");
-            assert_close("pooled_prompt_embeds", &row(pooled, pos), &row(want_pooled, 0), case.atol_latents);
+            assert_close(
+                "pooled_prompt_embeds",
+                &row(pooled, pos),
+                &row(want_pooled, 0),
+                case.atol_latents,
+            );
             if let Some(want_neg) = expected.get("negative_pooled_prompt_embeds") {
-                assert_close("negative_pooled_prompt_embeds", &row(pooled, 0), &row(want_neg, 0), case.atol_latents);
+                assert_close(
+                    "negative_pooled_prompt_embeds",
+                    &row(pooled, 0),
+                    &row(want_neg, 0),
+                    case.atol_latents,
+                );
             }
         }
     }
@@ -75,26 +104,66 @@ fn run_case(set: &str, name: &str) {
     let generation = model.generate(&request, &mut recorder).unwrap();
 
     // Text-to-image cases store the starting noise as `latents_init`, image-to-image ones as `noise`.
-    if let Some(want) = expected.get("latents_init").or_else(|| expected.get("noise")) {
+    if let Some(want) = expected
+        .get("latents_init")
+        .or_else(|| expected.get("noise"))
+    {
         assert_close("seeded noise", recorder.noise.as_ref().unwrap(), want, 1e-6);
     }
     if let Some(want) = expected.get("timesteps") {
-        let want = want.to_dtype(candle_core::DType::F64).unwrap().to_vec1::<f64>().unwrap();
-        assert_eq!(recorder.timesteps.len(), want.len(), "timesteps {:?} vs {want:?}", recorder.timesteps);
+        let want = want
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap();
+        assert_eq!(
+            recorder.timesteps.len(),
+            want.len(),
+            "timesteps {:?} vs {want:?}",
+            recorder.timesteps
+        );
         for (got, want) in recorder.timesteps.iter().zip(&want) {
-            assert!((got - want).abs() < 1e-3, "timesteps {:?} vs {want:?}", recorder.timesteps);
+            assert!(
+                (got - want).abs() < 1e-3,
+                "timesteps {:?} vs {want:?}",
+                recorder.timesteps
+            );
         }
     }
-    let expected_steps = (0..).take_while(|i| expected.contains_key(&format!("step_latents_{i}"))).count();
-    assert_eq!(recorder.steps.len(), expected_steps, "number of denoising steps");
+    let expected_steps = (0..)
+        .take_while(|i| expected.contains_key(&format!("step_latents_{i}")))
+        .count();
+    assert_eq!(
+        recorder.steps.len(),
+        expected_steps,
+        "number of denoising steps"
+    );
     for (i, got) in recorder.steps.iter().enumerate() {
-        assert_close(&format!("step_latents_{i}"), got, &expected[&format!("step_latents_{i}")], case.atol_latents);
+        assert_close(
+            &format!("step_latents_{i}"),
+            got,
+            &expected[&format!("step_latents_{i}")],
+            case.atol_latents,
+        );
     }
-    assert_eq!(generation.prompt_truncated, name.contains("truncated"), "prompt truncation reported");
-    assert_close("image", &generation.decoded, &expected["image"], case.atol_image);
+    assert_eq!(
+        generation.prompt_truncated,
+        name.contains("truncated"),
+        "prompt truncation reported"
+    );
+    assert_close(
+        "image",
+        &generation.decoded,
+        &expected["image"],
+        case.atol_image,
+    );
     assert_eq!(generation.images.len(), case.n);
     for (i, image) in generation.images.iter().enumerate() {
-        assert_png_close(&case.dir.join(format!("expected-{i}.png")), image, &case.expected_png(i));
+        assert_png_close(
+            &case.dir.join(format!("expected-{i}.png")),
+            image,
+            &case.expected_png(i),
+        );
     }
 }
 
@@ -143,11 +212,16 @@ fn every_case_folder_is_tested() {
             let entry = entry.unwrap();
             let name = entry.file_name().into_string().unwrap();
             let case_json = entry.path().join("case.json");
-            let Ok(text) = std::fs::read_to_string(&case_json) else { continue };
+            let Ok(text) = std::fs::read_to_string(&case_json) else {
+                continue;
+            };
             // Pipeline cases of the SD families (FLUX and the preview decoders are other issues').
             let case: serde_json::Value = serde_json::from_str(&text).unwrap();
             if case.get("prompt").is_some() && !name.starts_with("flux") {
-                assert!(listed.contains(&format!("=> \"{name}\"")), "case {set}/{name} is not in tests/parity.rs");
+                assert!(
+                    listed.contains(&format!("=> \"{name}\"")),
+                    "case {set}/{name} is not in tests/parity.rs"
+                );
             }
         }
     }

@@ -15,18 +15,39 @@ use crate::text::ClipTokenizer;
 use crate::tiny_weights::{deterministic_var_builder, tiny_clip_vocab};
 
 const TINY_SD: &[(&str, &str)] = &[
-    ("model_index", include_str!("../builtin/tiny-sd/model_index.json")),
-    ("scheduler", include_str!("../builtin/tiny-sd/scheduler.json")),
-    ("text_encoder", include_str!("../builtin/tiny-sd/text_encoder.json")),
+    (
+        "model_index",
+        include_str!("../builtin/tiny-sd/model_index.json"),
+    ),
+    (
+        "scheduler",
+        include_str!("../builtin/tiny-sd/scheduler.json"),
+    ),
+    (
+        "text_encoder",
+        include_str!("../builtin/tiny-sd/text_encoder.json"),
+    ),
     ("unet", include_str!("../builtin/tiny-sd/unet.json")),
     ("vae", include_str!("../builtin/tiny-sd/vae.json")),
 ];
 
 const TINY_SDXL: &[(&str, &str)] = &[
-    ("model_index", include_str!("../builtin/tiny-sdxl/model_index.json")),
-    ("scheduler", include_str!("../builtin/tiny-sdxl/scheduler.json")),
-    ("text_encoder", include_str!("../builtin/tiny-sdxl/text_encoder.json")),
-    ("text_encoder_2", include_str!("../builtin/tiny-sdxl/text_encoder_2.json")),
+    (
+        "model_index",
+        include_str!("../builtin/tiny-sdxl/model_index.json"),
+    ),
+    (
+        "scheduler",
+        include_str!("../builtin/tiny-sdxl/scheduler.json"),
+    ),
+    (
+        "text_encoder",
+        include_str!("../builtin/tiny-sdxl/text_encoder.json"),
+    ),
+    (
+        "text_encoder_2",
+        include_str!("../builtin/tiny-sdxl/text_encoder_2.json"),
+    ),
     ("unet", include_str!("../builtin/tiny-sdxl/unet.json")),
     ("vae", include_str!("../builtin/tiny-sdxl/vae.json")),
 ];
@@ -49,7 +70,13 @@ impl BuiltInComponents {
             BuiltInModel::TinySdxl => TINY_SDXL,
         };
         let (vocab, merges) = tiny_clip_vocab();
-        let mut this = Self { model, files, index: Value::Null, vocab, merges };
+        let mut this = Self {
+            model,
+            files,
+            index: Value::Null,
+            vocab,
+            merges,
+        };
         this.index = this.json("model_index")?;
         Ok(this)
     }
@@ -68,11 +95,16 @@ impl BuiltInComponents {
                 what: format!("component {component} of built-in model {}", self.model),
                 path: format!("builtin/{}/{component}.json", self.model).into(),
             })?;
-        serde_json::from_str(text).map_err(|e| ModelError::invalid_file(format!("builtin {component}.json"), e.to_string()))
+        serde_json::from_str(text).map_err(|e| {
+            ModelError::invalid_file(format!("builtin {component}.json"), e.to_string())
+        })
     }
 
     pub fn pipeline_class(&self) -> &str {
-        self.index.get("_class_name").and_then(Value::as_str).unwrap_or_default()
+        self.index
+            .get("_class_name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
     }
 
     pub fn has_component(&self, name: &str) -> bool {
@@ -82,9 +114,9 @@ impl BuiltInComponents {
     pub fn index_value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         match self.index.get(key) {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => serde_json::from_value(v.clone())
-                .map(Some)
-                .map_err(|e| ModelError::invalid_file("builtin model_index.json", format!("{key}: {e}"))),
+            Some(v) => serde_json::from_value(v.clone()).map(Some).map_err(|e| {
+                ModelError::invalid_file("builtin model_index.json", format!("{key}: {e}"))
+            }),
         }
     }
 
@@ -102,7 +134,9 @@ impl BuiltInComponents {
                 obj.insert("pad_token_id".into(), eos.into());
             }
         }
-        serde_json::from_value(value).map_err(|e| ModelError::invalid_file(format!("builtin {component}.json"), e.to_string()))
+        serde_json::from_value(value).map_err(|e| {
+            ModelError::invalid_file(format!("builtin {component}.json"), e.to_string())
+        })
     }
 
     pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
@@ -112,23 +146,34 @@ impl BuiltInComponents {
             .find(|(name, _)| *name == "scheduler")
             .map(|(_, text)| *text)
             .unwrap_or_default();
-        SchedulerConfig::from_json(text).map_err(|e| ModelError::invalid_file("builtin scheduler.json", e.to_string()))
+        SchedulerConfig::from_json(text)
+            .map_err(|e| ModelError::invalid_file("builtin scheduler.json", e.to_string()))
     }
 
     /// Weights drawn from a seed that depends on the model and the component, so each component
     /// differs and every run gets the same bytes.
-    pub fn var_builder(&self, component: &str, dtype: DType, device: &Device) -> VarBuilder<'static> {
+    pub fn var_builder(
+        &self,
+        component: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> VarBuilder<'static> {
         let seed = fnv1a(format!("{}/{component}", self.model).as_bytes());
         deterministic_var_builder(seed, dtype, device)
     }
 
     pub fn clip_tokenizer(&self) -> Result<ClipTokenizer> {
-        ClipTokenizer::from_parts(self.vocab.clone(), self.merges.clone(), "<|endoftext|>", MODEL_MAX_LENGTH)
+        ClipTokenizer::from_parts(
+            self.vocab.clone(),
+            self.merges.clone(),
+            "<|endoftext|>",
+            MODEL_MAX_LENGTH,
+        )
     }
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

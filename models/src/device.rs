@@ -154,12 +154,18 @@ mod tests {
 
     #[test]
     fn parses_devices_and_dtypes() {
-        assert_eq!("cuda:1".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cuda(1));
+        assert_eq!(
+            "cuda:1".parse::<DeviceChoice>().unwrap(),
+            DeviceChoice::Cuda(1)
+        );
         assert_eq!("CPU".parse::<DeviceChoice>().unwrap(), DeviceChoice::Cpu);
         let err = "tpu".parse::<DeviceChoice>().unwrap_err().to_string();
         assert!(err.contains("device") && err.contains("tpu"), "{err}");
         assert_eq!("bf16".parse::<DTypeChoice>().unwrap(), DTypeChoice::Bf16);
-        assert_eq!(DTypeChoice::Auto.resolve(&Device::Cpu, DType::F16), DType::F32);
+        assert_eq!(
+            DTypeChoice::Auto.resolve(&Device::Cpu, DType::F16),
+            DType::F32
+        );
         assert!("f8".parse::<DTypeChoice>().is_err());
     }
 }

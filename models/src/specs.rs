@@ -75,10 +75,22 @@ pub struct ModelSpec {
 }
 
 const SPEC_FILES: &[(&str, &str)] = &[
-    ("imago--tiny-sd.toml", include_str!("../specs/imago--tiny-sd.toml")),
-    ("imago--tiny-sdxl.toml", include_str!("../specs/imago--tiny-sdxl.toml")),
-    ("stabilityai--sd-turbo.toml", include_str!("../specs/stabilityai--sd-turbo.toml")),
-    ("stabilityai--sdxl-turbo.toml", include_str!("../specs/stabilityai--sdxl-turbo.toml")),
+    (
+        "imago--tiny-sd.toml",
+        include_str!("../specs/imago--tiny-sd.toml"),
+    ),
+    (
+        "imago--tiny-sdxl.toml",
+        include_str!("../specs/imago--tiny-sdxl.toml"),
+    ),
+    (
+        "stabilityai--sd-turbo.toml",
+        include_str!("../specs/stabilityai--sd-turbo.toml"),
+    ),
+    (
+        "stabilityai--sdxl-turbo.toml",
+        include_str!("../specs/stabilityai--sdxl-turbo.toml"),
+    ),
     (
         "stabilityai--stable-diffusion-2-1-base.toml",
         include_str!("../specs/stabilityai--stable-diffusion-2-1-base.toml"),
@@ -97,8 +109,9 @@ fn parse_all() -> Result<Vec<ModelSpec>> {
     SPEC_FILES
         .iter()
         .map(|(file, text)| {
-            toml::from_str::<ModelSpec>(text)
-                .map_err(|e| ModelError::invalid_file(format!("models/specs/{file}"), e.to_string()))
+            toml::from_str::<ModelSpec>(text).map_err(|e| {
+                ModelError::invalid_file(format!("models/specs/{file}"), e.to_string())
+            })
         })
         .collect()
 }
@@ -133,19 +146,29 @@ mod tests {
         let specs = parse_all().unwrap();
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("specs");
         let on_disk = std::fs::read_dir(&dir).unwrap().count();
-        assert_eq!(on_disk, SPEC_FILES.len(), "a file in {dir:?} is not listed in SPEC_FILES");
+        assert_eq!(
+            on_disk,
+            SPEC_FILES.len(),
+            "a file in {dir:?} is not listed in SPEC_FILES"
+        );
         for (spec, (file, _)) in specs.iter().zip(SPEC_FILES) {
             assert_eq!(*file, format!("{}.toml", spec.id.replace('/', "--")));
             assert!(spec.defaults.steps >= 1 && spec.defaults.steps <= spec.limits.max_steps);
             assert!(spec.defaults.width % 8 == 0 && spec.defaults.height % 8 == 0);
-            assert!(spec.limits.min_side <= spec.defaults.width && spec.defaults.width <= spec.limits.max_side);
+            assert!(
+                spec.limits.min_side <= spec.defaults.width
+                    && spec.defaults.width <= spec.limits.max_side
+            );
         }
     }
 
     #[test]
     fn finds_by_id_and_folder_name() {
         assert_eq!(find("StabilityAI/SD-Turbo").unwrap().defaults.steps, 1);
-        assert_eq!(find_by_folder_name("sdxl-turbo").unwrap().family, Family::StableDiffusionXl);
+        assert_eq!(
+            find_by_folder_name("sdxl-turbo").unwrap().family,
+            Family::StableDiffusionXl
+        );
         assert!(find("nobody/nothing").is_none());
     }
 }

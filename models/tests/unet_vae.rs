@@ -352,3 +352,38 @@ fn unet_config_defaults_are_diffusers_defaults() {
     assert_eq!(vae.block_out_channels, vec![64]);
     assert!(vae.use_quant_conv && vae.use_post_quant_conv && vae.mid_block_add_attention);
 }
+
+/// Each image of a batch decodes and encodes as it does alone (a non-contiguous batched matmul in
+/// the mid-block attention once mixed up rows 1..n).
+#[test]
+fn vae_batch_rows_equal_single_runs() {
+    use candle_core::IndexOp;
+    let vae = vae("sd-turbo-1step");
+    let mut rng = imago_models::rng::TorchGenerator::new(3);
+    let z = rng
+        .randn_tensor(&[3, 4, 6, 5], &Device::Cpu, DType::F32)
+        .unwrap();
+    let batch = vae.decode(&z).unwrap();
+    for i in 0..3 {
+        let one = vae.decode(&z.i(i..i + 1).unwrap()).unwrap();
+        assert_close(
+            &format!("decode row {i}"),
+            &batch.i(i..i + 1).unwrap(),
+            &one,
+            1e-5,
+        );
+    }
+    let x = rng
+        .randn_tensor(&[2, 3, 40, 24], &Device::Cpu, DType::F32)
+        .unwrap();
+    let batch = vae.encode(&x).unwrap();
+    for i in 0..2 {
+        let one = vae.encode(&x.i(i..i + 1).unwrap()).unwrap();
+        assert_close(
+            &format!("encode mean row {i}"),
+            &batch.mean.i(i..i + 1).unwrap(),
+            &one.mean,
+            1e-5,
+        );
+    }
+}

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use imago_models::pipeline::{GenerationRequest, InitImage, LoadedModel, StepObserver, StepProgress};
+use imago_models::pipeline::{
+    GenerationRequest, InitImage, LoadedModel, StepObserver, StepProgress,
+};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::GenerateArgs;
@@ -99,7 +101,12 @@ pub fn run(args: GenerateArgs) -> Result<()> {
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     hasher.finish() & 0xffff_ffff
 }
 
@@ -110,7 +117,10 @@ struct CliObserver {
 
 impl CliObserver {
     fn new(quiet: bool, cancelled: Arc<AtomicBool>) -> Self {
-        Self { bar: (!quiet).then(ProgressBar::hidden), cancelled }
+        Self {
+            bar: (!quiet).then(ProgressBar::hidden),
+            cancelled,
+        }
     }
 
     fn finish(&self) {
@@ -127,8 +137,10 @@ impl StepObserver for CliObserver {
                 bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
                 bar.set_length(progress.total as u64);
                 bar.set_style(
-                    ProgressStyle::with_template("denoising {bar:30} {pos}/{len} steps [{elapsed_precise}, {per_sec}]")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    ProgressStyle::with_template(
+                        "denoising {bar:30} {pos}/{len} steps [{elapsed_precise}, {per_sec}]",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
             }
             bar.set_position(progress.step as u64 + 1);

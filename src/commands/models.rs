@@ -3,7 +3,10 @@ use anyhow::Result;
 use imago_models::specs;
 
 pub fn run() -> Result<()> {
-    println!("{:<46} {:<5} {:>5} {:>8} {:>9}  NAME", "ID", "KIND", "STEPS", "GUIDANCE", "SIZE");
+    println!(
+        "{:<46} {:<5} {:>5} {:>8} {:>9}  NAME",
+        "ID", "KIND", "STEPS", "GUIDANCE", "SIZE"
+    );
     for spec in specs::all() {
         let d = &spec.defaults;
         println!(

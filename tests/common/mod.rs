@@ -46,7 +46,8 @@ pub struct Case {
 impl Case {
     pub fn load(set: &str, name: &str) -> Case {
         let dir = fixtures().join(set).join(name);
-        let text = std::fs::read_to_string(dir.join("case.json")).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        let text = std::fs::read_to_string(dir.join("case.json"))
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
         let mut case: Case = serde_json::from_str(&text).unwrap();
         case.dir = dir;
         case
@@ -65,31 +66,62 @@ impl Case {
     }
 
     pub fn expected_png(&self, index: usize) -> image::RgbImage {
-        image::open(self.dir.join(format!("expected-{index}.png"))).unwrap().to_rgb8()
+        image::open(self.dir.join(format!("expected-{index}.png")))
+            .unwrap()
+            .to_rgb8()
     }
 }
 
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    let a = a.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    let b = b.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    let a = a
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    let b = b
+        .to_dtype(candle_core::DType::F32)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 pub fn assert_close(what: &str, actual: &Tensor, expected: &Tensor, atol: f64) {
     let diff = max_abs_diff(actual, expected);
-    if std::env::var_os("IMAGO_TEST_VERBOSE").is_some() { eprintln!("{what}: {diff:e}"); }
-    assert!(diff as f64 <= atol, "{what}: max abs diff {diff:e} > {atol:e}");
+    if std::env::var_os("IMAGO_TEST_VERBOSE").is_some() {
+        eprintln!("{what}: {diff:e}");
+    }
+    assert!(
+        diff as f64 <= atol,
+        "{what}: max abs diff {diff:e} > {atol:e}"
+    );
 }
 
 /// Largest per-channel difference between two 8-bit images of the same size.
 pub fn max_pixel_diff(a: &image::RgbImage, b: &image::RgbImage) -> u8 {
     assert_eq!(a.dimensions(), b.dimensions(), "image size mismatch");
-    a.as_raw().iter().zip(b.as_raw()).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0)
+    a.as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap_or(0)
 }
 
 pub fn assert_png_close(path_or_what: &Path, actual: &image::RgbImage, expected: &image::RgbImage) {
     let diff = max_pixel_diff(actual, expected);
-    assert!(diff <= 2, "{}: max pixel difference {diff}/255 > 2/255", path_or_what.display());
+    assert!(
+        diff <= 2,
+        "{}: max pixel difference {diff}/255 > 2/255",
+        path_or_what.display()
+    );
 }

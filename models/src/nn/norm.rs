@@ -17,15 +17,27 @@ pub struct GroupNorm {
 
 impl GroupNorm {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        imago_kernels::group_norm(x, self.num_groups, &self.weight, &self.bias, self.eps, FusedActivation::None)
+        imago_kernels::group_norm(
+            x,
+            self.num_groups,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            FusedActivation::None,
+        )
     }
 
     /// `act(group_norm(x))`, fused when the activation is SiLU.
     pub fn forward_then(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
         match act {
-            Activation::Silu => {
-                imago_kernels::group_norm(x, self.num_groups, &self.weight, &self.bias, self.eps, FusedActivation::Silu)
-            }
+            Activation::Silu => imago_kernels::group_norm(
+                x,
+                self.num_groups,
+                &self.weight,
+                &self.bias,
+                self.eps,
+                FusedActivation::Silu,
+            ),
             other => other.forward(&self.forward(x)?),
         }
     }
@@ -41,9 +53,17 @@ pub fn group_norm(
     let weight = vb.get(channels, "weight")?;
     let bias = vb.get(channels, "bias")?;
     if num_groups == 0 || channels % num_groups != 0 {
-        candle_core::bail!("group norm {}: {channels} channels are not divisible by {num_groups} groups", vb.prefix());
+        candle_core::bail!(
+            "group norm {}: {channels} channels are not divisible by {num_groups} groups",
+            vb.prefix()
+        );
     }
-    Ok(GroupNorm { weight, bias, num_groups, eps })
+    Ok(GroupNorm {
+        weight,
+        bias,
+        num_groups,
+        eps,
+    })
 }
 
 /// torch's `nn.LayerNorm(dim, eps)` with affine weight and bias.

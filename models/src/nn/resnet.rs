@@ -110,7 +110,9 @@ impl ResnetBlock2D {
             _ => None,
         };
         let h = match (self.time_embedding_norm, temb) {
-            (TimeEmbeddingNorm::Default, Some(t)) => self.norm2.forward_then(&h.broadcast_add(&t)?, self.act)?,
+            (TimeEmbeddingNorm::Default, Some(t)) => {
+                self.norm2.forward_then(&h.broadcast_add(&t)?, self.act)?
+            }
             (TimeEmbeddingNorm::ScaleShift, Some(t)) => {
                 let chans = t.dim(1)? / 2;
                 let scale = t.narrow(1, 0, chans)?;

@@ -48,12 +48,19 @@ impl ComponentStore {
     /// `scheduler/scheduler_config.json`, read with Python's non-finite float tokens allowed.
     pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
         match self {
-            Self::Folder(folder) => SchedulerConfig::from_file(&folder.component("scheduler")?.config_path()),
+            Self::Folder(folder) => {
+                SchedulerConfig::from_file(&folder.component("scheduler")?.config_path())
+            }
             Self::BuiltIn(builtin) => builtin.scheduler_config(),
         }
     }
 
-    pub fn var_builder(&self, component: &str, dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+    pub fn var_builder(
+        &self,
+        component: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<VarBuilder<'static>> {
         match self {
             Self::Folder(folder) => folder.component(component)?.var_builder(dtype, device),
             Self::BuiltIn(builtin) => Ok(builtin.var_builder(component, dtype, device)),

@@ -36,7 +36,12 @@ pub fn to_rgb_images(images: &Tensor) -> Result<Vec<RgbImage>> {
 
 /// An input image as the VAE encoder takes it: resized to `width`x`height` when it differs
 /// (Lanczos, as diffusers' image processor), scaled to [0, 1] in f32 then to [-1, 1]; NCHW, batch 1.
-pub fn preprocess(image: &RgbImage, width: usize, height: usize, device: &Device) -> Result<Tensor> {
+pub fn preprocess(
+    image: &RgbImage,
+    width: usize,
+    height: usize,
+    device: &Device,
+) -> Result<Tensor> {
     let resized;
     let image = if image.width() as usize != width || image.height() as usize != height {
         resized = image::imageops::resize(image, width as u32, height as u32, FilterType::Lanczos3);
@@ -62,7 +67,20 @@ mod tests {
         // f32 inputs whose product with 255 is exactly k + 0.5 (0.5, 1.5), and ordinary values;
         // the expected bytes are numpy's `(np.float32(v) * 255).round()`.
         let t = Tensor::from_vec(
-            vec![0.001_960_784_4f32, 0.005_882_353, 1.0, 0.0, 0.25, 0.75, 0.1, 0.2, 0.3, 0.4, 0.6, 0.9],
+            vec![
+                0.001_960_784_4f32,
+                0.005_882_353,
+                1.0,
+                0.0,
+                0.25,
+                0.75,
+                0.1,
+                0.2,
+                0.3,
+                0.4,
+                0.6,
+                0.9,
+            ],
             (1, 3, 2, 2),
             &Device::Cpu,
         )

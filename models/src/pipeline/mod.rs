@@ -68,12 +68,20 @@ impl LoadedModel {
             ModelSource::BuiltIn(builtin) => {
                 let id = builtin.to_string();
                 let spec = specs::find(&id);
-                (id, spec, ComponentStore::BuiltIn(BuiltInComponents::new(builtin)?))
+                (
+                    id,
+                    spec,
+                    ComponentStore::BuiltIn(BuiltInComponents::new(builtin)?),
+                )
             }
             ModelSource::Folder(path) => {
                 let folder = ModelFolder::open(&path)?;
                 let name = folder_name(&path);
-                (name.clone(), specs::find_by_folder_name(&name), ComponentStore::Folder(folder))
+                (
+                    name.clone(),
+                    specs::find_by_folder_name(&name),
+                    ComponentStore::Folder(folder),
+                )
             }
             ModelSource::HubRepo { repo_id, revision } => {
                 let cache = hub_cache_dir();
@@ -81,7 +89,11 @@ impl LoadedModel {
                     return Err(not_cached(&repo_id, revision.as_deref(), &cache));
                 };
                 let folder = ModelFolder::open(&snapshot)?;
-                (repo_id.clone(), specs::find(&repo_id), ComponentStore::Folder(folder))
+                (
+                    repo_id.clone(),
+                    specs::find(&repo_id),
+                    ComponentStore::Folder(folder),
+                )
             }
         };
         let family = family_of(store.pipeline_class())?;
@@ -109,7 +121,12 @@ impl LoadedModel {
             Family::StableDiffusionXl => 5.0,
             _ => 7.5,
         };
-        Defaults { steps: 50, guidance, width, height }
+        Defaults {
+            steps: 50,
+            guidance,
+            width,
+            height,
+        }
     }
 
     pub fn family(&self) -> Family {
@@ -137,7 +154,11 @@ impl LoadedModel {
         }
     }
 
-    pub fn generate(&self, request: &GenerationRequest, observer: &mut dyn StepObserver) -> Result<Generation> {
+    pub fn generate(
+        &self,
+        request: &GenerationRequest,
+        observer: &mut dyn StepObserver,
+    ) -> Result<Generation> {
         match &self.pipeline {
             DiffusionPipeline::StableDiffusion(sd) => sd.generate(request, observer),
         }
@@ -146,11 +167,11 @@ impl LoadedModel {
 
 /// The family a diffusers pipeline class belongs to.
 pub fn family_of(pipeline_class: &str) -> Result<Family> {
-    const SD: &[&str] = &[
-        "StableDiffusionPipeline",
-        "StableDiffusionImg2ImgPipeline",
+    const SD: &[&str] = &["StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"];
+    const SDXL: &[&str] = &[
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
     ];
-    const SDXL: &[&str] = &["StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"];
     if SD.contains(&pipeline_class) {
         Ok(Family::StableDiffusion)
     } else if SDXL.contains(&pipeline_class) {
@@ -158,7 +179,11 @@ pub fn family_of(pipeline_class: &str) -> Result<Family> {
     } else {
         Err(ModelError::Unsupported(format!(
             "pipeline class {pipeline_class:?} in model_index.json; supported: {}",
-            SD.iter().chain(SDXL).copied().collect::<Vec<_>>().join(", ")
+            SD.iter()
+                .chain(SDXL)
+                .copied()
+                .collect::<Vec<_>>()
+                .join(", ")
         )))
     }
 }
@@ -173,7 +198,9 @@ fn folder_name(path: &Path) -> String {
 
 fn not_cached(repo_id: &str, revision: Option<&str>, cache: &Path) -> ModelError {
     let repo_dir: PathBuf = cache.join(format!("models--{}", repo_id.replace('/', "--")));
-    let rev = revision.map(|r| format!(" at revision {r}")).unwrap_or_default();
+    let rev = revision
+        .map(|r| format!(" at revision {r}"))
+        .unwrap_or_default();
     ModelError::MissingFile {
         what: format!(
             "model {repo_id}{rev} in the local Hugging Face cache (download it with `hf download {repo_id}` \

@@ -115,17 +115,33 @@ mod tests {
         let mut r = request();
         r.width = 60;
         let e = r.validate(8).unwrap_err().to_string();
-        assert!(e.contains("width") && e.contains("multiple of 8") && e.contains("60"), "{e}");
+        assert!(
+            e.contains("width") && e.contains("multiple of 8") && e.contains("60"),
+            "{e}"
+        );
         let mut r = request();
         r.steps = 0;
         assert!(r.validate(8).unwrap_err().to_string().contains("steps"));
         let mut r = request();
-        r.init_image = Some(InitImage { image: RgbImage::new(8, 8), strength: 1.5 });
+        r.init_image = Some(InitImage {
+            image: RgbImage::new(8, 8),
+            strength: 1.5,
+        });
         let e = r.validate(8).unwrap_err().to_string();
         assert!(e.contains("strength") && e.contains("1.5"), "{e}");
-        r.init_image = Some(InitImage { image: RgbImage::new(8, 8), strength: 0.1 });
-        assert!(r.validate(8).unwrap_err().to_string().contains("no denoising step"));
-        r.init_image = Some(InitImage { image: RgbImage::new(8, 8), strength: 0.0 });
+        r.init_image = Some(InitImage {
+            image: RgbImage::new(8, 8),
+            strength: 0.1,
+        });
+        assert!(r
+            .validate(8)
+            .unwrap_err()
+            .to_string()
+            .contains("no denoising step"));
+        r.init_image = Some(InitImage {
+            image: RgbImage::new(8, 8),
+            strength: 0.0,
+        });
         assert!(r.validate(8).is_err());
         assert!(request().validate(8).is_ok());
     }

@@ -69,19 +69,29 @@ pub struct StableDiffusionPipeline {
 }
 
 impl StableDiffusionPipeline {
-    pub fn load(store: &ComponentStore, family: Family, device: &Device, dtype: DType) -> Result<Self> {
+    pub fn load(
+        store: &ComponentStore,
+        family: Family,
+        device: &Device,
+        dtype: DType,
+    ) -> Result<Self> {
         let load_text = |tok: &str, enc: &str| -> Result<TextTower> {
             let tokenizer = store.clip_tokenizer(tok)?;
             let config: ClipTextConfig = store.config(enc)?;
             let encoder = ClipTextModel::new(store.var_builder(enc, dtype, device)?, &config)?;
-            Ok(TextTower { tokenizer, encoder, projection_dim: config.projection_dim })
+            Ok(TextTower {
+                tokenizer,
+                encoder,
+                projection_dim: config.projection_dim,
+            })
         };
         let (text, text_2) = match family {
             Family::StableDiffusion => (load_text("tokenizer", "text_encoder")?, None),
             Family::StableDiffusionXl => {
                 if !store.has_component("text_encoder") {
                     return Err(ModelError::Unsupported(
-                        "SDXL pipelines without `text_encoder` (the refiner) are not supported".into(),
+                        "SDXL pipelines without `text_encoder` (the refiner) are not supported"
+                            .into(),
                     ));
                 }
                 (
@@ -103,14 +113,21 @@ impl StableDiffusionPipeline {
         }
         let force_zeros_for_empty_prompt = match family {
             // diffusers' SDXL pipelines default it to true.
-            Family::StableDiffusionXl => store.index_value("force_zeros_for_empty_prompt")?.unwrap_or(true),
+            Family::StableDiffusionXl => store
+                .index_value("force_zeros_for_empty_prompt")?
+                .unwrap_or(true),
             _ => false,
         };
         let unet_config: UNetConfig = store.config("unet")?;
-        let unet = UNet2DConditionModel::new(store.var_builder("unet", dtype, device)?, &unet_config)?;
+        let unet =
+            UNet2DConditionModel::new(store.var_builder("unet", dtype, device)?, &unet_config)?;
         let vae_config: VaeConfig = store.config("vae")?;
         // diffusers upcasts a float16 VAE whose config asks for it (SD/SDXL VAEs overflow in f16).
-        let vae_dtype = if dtype == DType::F16 && vae_config.force_upcast { DType::F32 } else { dtype };
+        let vae_dtype = if dtype == DType::F16 && vae_config.force_upcast {
+            DType::F32
+        } else {
+            dtype
+        };
         let vae_scale_factor = 1 << vae_config.block_out_channels.len().saturating_sub(1);
         let vae = AutoencoderKL::new(store.var_builder("vae", vae_dtype, device)?, &vae_config)?;
         let mut scheduler_config = store.scheduler_config()?;
@@ -171,11 +188,20 @@ impl StableDiffusionPipeline {
     }
 
     /// Token ids for one text, padded to the window; `truncated` tells whether text was cut.
-    fn encode_text(&self, tower: &TextTower, text: &str, batch: usize) -> Result<(crate::text::ClipTextOutput, bool)> {
+    fn encode_text(
+        &self,
+        tower: &TextTower,
+        text: &str,
+        batch: usize,
+    ) -> Result<(crate::text::ClipTextOutput, bool)> {
         let tokens = tower.tokenizer.encode(text);
         let len = tokens.ids.len();
         let ids = Tensor::from_vec(tokens.ids, (1, len), &self.device)?;
-        let ids = if batch > 1 { ids.repeat((batch, 1))? } else { ids };
+        let ids = if batch > 1 {
+            ids.repeat((batch, 1))?
+        } else {
+            ids
+        };
         Ok((tower.encoder.forward(&ids)?, tokens.truncated))
     }
 
@@ -187,7 +213,13 @@ impl StableDiffusionPipeline {
             None => Ok((out.last_hidden_state, None, truncated)),
             Some(tower_2) => {
                 let (out_2, truncated_2) = self.encode_text(tower_2, text, batch)?;
-                let embeds = Tensor::cat(&[&out.penultimate_hidden_state, &out_2.penultimate_hidden_state], 2)?;
+                let embeds = Tensor::cat(
+                    &[
+                        &out.penultimate_hidden_state,
+                        &out_2.penultimate_hidden_state,
+                    ],
+                    2,
+                )?;
                 Ok((embeds, Some(out_2.pooled), truncated || truncated_2))
             }
         }
@@ -203,11 +235,18 @@ impl StableDiffusionPipeline {
     ) -> Result<PromptEmbeddings> {
         let (embeds, pooled, truncated) = self.embed(prompt, batch)?;
         if !cfg {
-            return Ok(PromptEmbeddings { embeds, pooled, truncated });
+            return Ok(PromptEmbeddings {
+                embeds,
+                pooled,
+                truncated,
+            });
         }
         let zero_negative = negative_prompt.is_none() && self.force_zeros_for_empty_prompt;
         let (neg_embeds, neg_pooled) = if zero_negative {
-            (embeds.zeros_like()?, pooled.as_ref().map(Tensor::zeros_like).transpose()?)
+            (
+                embeds.zeros_like()?,
+                pooled.as_ref().map(Tensor::zeros_like).transpose()?,
+            )
         } else {
             let (e, p, _) = self.embed(negative_prompt.unwrap_or(""), batch)?;
             (e, p)
@@ -217,12 +256,21 @@ impl StableDiffusionPipeline {
             (Some(n), Some(p)) => Some(Tensor::cat(&[&n, &p], 0)?),
             _ => None,
         };
-        Ok(PromptEmbeddings { embeds, pooled, truncated })
+        Ok(PromptEmbeddings {
+            embeds,
+            pooled,
+            truncated,
+        })
     }
 
     /// SDXL's micro-conditioning: (original h, w, crop top, left, target h, w) with original =
     /// target = the output size and no crop, as the pipelines default.
-    fn added_conditions(&self, prompt: &PromptEmbeddings, width: usize, height: usize) -> Result<Option<AddedConditions>> {
+    fn added_conditions(
+        &self,
+        prompt: &PromptEmbeddings,
+        width: usize,
+        height: usize,
+    ) -> Result<Option<AddedConditions>> {
         let Some(pooled) = &prompt.pooled else {
             return Ok(None);
         };
@@ -242,10 +290,17 @@ impl StableDiffusionPipeline {
                 )));
             }
         }
-        Ok(Some(AddedConditions { text_embeds: pooled.clone(), time_ids: ids }))
+        Ok(Some(AddedConditions {
+            text_embeds: pooled.clone(),
+            time_ids: ids,
+        }))
     }
 
-    pub fn generate(&self, request: &GenerationRequest, observer: &mut dyn StepObserver) -> Result<Generation> {
+    pub fn generate(
+        &self,
+        request: &GenerationRequest,
+        observer: &mut dyn StepObserver,
+    ) -> Result<Generation> {
         request.validate(self.vae_scale_factor)?;
         let started = Instant::now();
         let n = request.batch_size;
@@ -259,7 +314,8 @@ impl StableDiffusionPipeline {
         let mut scheduler = Scheduler::new(&self.scheduler_config, choice, request.steps)?;
         let timesteps = scheduler.timesteps().to_vec();
 
-        let prompt = self.encode_prompt(&request.prompt, request.negative_prompt.as_deref(), n, cfg)?;
+        let prompt =
+            self.encode_prompt(&request.prompt, request.negative_prompt.as_deref(), n, cfg)?;
         let added = self.added_conditions(&prompt, request.width, request.height)?;
         let text_encode = started.elapsed();
 
@@ -280,24 +336,39 @@ impl StableDiffusionPipeline {
             Some(init) => {
                 let run = img2img_steps(request.steps, init.strength);
                 let t_start = (request.steps - run) * scheduler.order();
-                let image = image_io::preprocess(&init.image, request.width, request.height, &self.device)?;
+                let image =
+                    image_io::preprocess(&init.image, request.width, request.height, &self.device)?;
                 let posterior = self.vae.encode(&image.to_dtype(self.vae_dtype)?)?;
-                let sample_noise = rng.randn_tensor(posterior.mean.dims(), &self.device, DType::F32)?;
+                let sample_noise =
+                    rng.randn_tensor(posterior.mean.dims(), &self.device, DType::F32)?;
                 let encoded = posterior
                     .sample(&sample_noise.to_dtype(self.vae_dtype)?)?
                     .to_dtype(DType::F32)?;
                 let init_latents = self.scale_latents(&encoded)?;
-                let init_latents = if n > 1 { init_latents.repeat((n, 1, 1, 1))? } else { init_latents };
+                let init_latents = if n > 1 {
+                    init_latents.repeat((n, 1, 1, 1))?
+                } else {
+                    init_latents
+                };
                 let noise = rng.randn_tensor(init_latents.dims(), &self.device, DType::F32)?;
                 observer.on_noise(&noise);
-                (t_start, scheduler.add_noise(&init_latents, &noise, t_start)?)
+                (
+                    t_start,
+                    scheduler.add_noise(&init_latents, &noise, t_start)?,
+                )
             }
         };
 
         let total = timesteps.len() - first_step;
         for (index, &timestep) in timesteps.iter().enumerate().skip(first_step) {
-            let model_input = if cfg { Tensor::cat(&[&latents, &latents], 0)? } else { latents.clone() };
-            let model_input = scheduler.scale_model_input(&model_input, index)?.to_dtype(self.dtype)?;
+            let model_input = if cfg {
+                Tensor::cat(&[&latents, &latents], 0)?
+            } else {
+                latents.clone()
+            };
+            let model_input = scheduler
+                .scale_model_input(&model_input, index)?
+                .to_dtype(self.dtype)?;
             let noise_pred = self
                 .unet
                 .forward(&model_input, timestep, &prompt.embeds, added.as_ref())?
@@ -336,7 +407,11 @@ impl StableDiffusionPipeline {
             height: request.height,
             steps_run: total,
             prompt_truncated: prompt.truncated,
-            timings: Timings { text_encode, denoise, decode },
+            timings: Timings {
+                text_encode,
+                denoise,
+                decode,
+            },
         })
     }
 

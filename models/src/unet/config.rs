@@ -437,10 +437,12 @@ impl UNetConfig {
 
         let reversed_depths: Vec<LayerDepths> = match &self.reverse_transformer_layers_per_block {
             Some(r) if r.len() == n => r.clone(),
-            Some(r) => return Err(ModelError::Unsupported(format!(
+            Some(r) => {
+                return Err(ModelError::Unsupported(format!(
                 "UNet config reverse_transformer_layers_per_block has {} entries for {n} blocks",
                 r.len()
-            ))),
+            )))
+            }
             None => depths.iter().rev().cloned().collect(),
         };
         let mut up = Vec::with_capacity(n);

@@ -1,0 +1,96 @@
+//! `cargo bench`: the engine's stages per device and resolution tier, on the built-in tiny models
+//! (real architectures at toy width, so no download is needed), plus the fused GroupNorm kernel
+//! against its reference. Group names carry the device and the tier: `cpu/tiny-sd/256`.
+use std::hint::black_box;
+use std::time::Duration;
+
+use candle_core::{DType, Device, Tensor};
+use criterion::{criterion_group, criterion_main, Criterion};
+use imago_models::device::{DTypeChoice, DeviceChoice};
+use imago_models::pipeline::{DiffusionPipeline, GenerationRequest, LoadedModel, NoObserver};
+use imago_models::rng::TorchGenerator;
+
+fn request(side: usize, steps: usize) -> GenerationRequest {
+    GenerationRequest {
+        prompt: "a lighthouse at dusk, oil painting".into(),
+        negative_prompt: None,
+        seed: 7,
+        steps,
+        guidance_scale: 0.0,
+        width: side,
+        height: side,
+        batch_size: 1,
+        scheduler: None,
+        init_image: None,
+    }
+}
+
+fn pipelines(c: &mut Criterion) {
+    for id in ["imago/tiny-sd", "imago/tiny-sdxl"] {
+        let model =
+            LoadedModel::load(id, DeviceChoice::Cpu, DTypeChoice::F32).expect("built-in model");
+        let DiffusionPipeline::StableDiffusion(sd) = &model.pipeline;
+        let name = id.trim_start_matches("imago/");
+        for side in [256usize, 512] {
+            let mut group = c.benchmark_group(format!("cpu/{name}/{side}"));
+            group
+                .sample_size(10)
+                .measurement_time(Duration::from_secs(5));
+            group.bench_function("text_encode", |b| {
+                b.iter(|| {
+                    black_box(
+                        sd.encode_prompt("a lighthouse at dusk, oil painting", None, 1, false)
+                            .unwrap(),
+                    )
+                })
+            });
+            let latents = TorchGenerator::new(1)
+                .randn_tensor(&[1, 4, side / 8, side / 8], &Device::Cpu, DType::F32)
+                .unwrap();
+            group.bench_function("vae_decode", |b| {
+                b.iter(|| black_box(sd.decode_latents(&latents).unwrap()))
+            });
+            group.bench_function("generate_1_step", |b| {
+                b.iter(|| black_box(model.generate(&request(side, 1), &mut NoObserver).unwrap()))
+            });
+            group.finish();
+        }
+    }
+}
+
+fn group_norm(c: &mut Criterion) {
+    // The shape of SD's largest GroupNorm at 512 px: 320 channels at 64x64 latents, batch 2 (CFG).
+    let x = TorchGenerator::new(2)
+        .randn_tensor(&[2, 320, 64, 64], &Device::Cpu, DType::F32)
+        .unwrap();
+    let w = Tensor::ones(320, DType::F32, &Device::Cpu).unwrap();
+    let b = Tensor::zeros(320, DType::F32, &Device::Cpu).unwrap();
+    let mut group = c.benchmark_group("cpu/group_norm_silu/512");
+    group.bench_function("fused", |bench| {
+        bench.iter(|| {
+            black_box(
+                imago_kernels::group_norm(&x, 32, &w, &b, 1e-5, imago_kernels::Activation::Silu)
+                    .unwrap(),
+            )
+        })
+    });
+    group.bench_function("reference", |bench| {
+        bench.iter(|| {
+            black_box(
+                imago_kernels::group_norm_reference(
+                    &x,
+                    32,
+                    &w,
+                    &b,
+                    1e-5,
+                    imago_kernels::Activation::Silu,
+                )
+                .unwrap(),
+            )
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pipelines, group_norm);
+criterion_main!(benches);
