@@ -122,7 +122,11 @@ fn the_same_command_twice_gives_byte_identical_pngs() {
 
 #[test]
 fn builtin_models_generate_without_any_files() {
-    for model in ["imago/tiny-sd", "imago/tiny-sdxl"] {
+    for (model, dtype) in [
+        ("imago/tiny-sd", "f32"),
+        ("imago/tiny-sdxl", "f32"),
+        ("imago/tiny-sdxl", "f16"),
+    ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let stdout = run_ok(&[
@@ -137,6 +141,10 @@ fn builtin_models_generate_without_any_files() {
             "64".into(),
             "--height".into(),
             "48".into(),
+            "--dtype".into(),
+            dtype.into(),
+            "--device".into(),
+            "cpu".into(),
             "--quiet".into(),
             "--out-dir".into(),
             out.display().to_string(),
@@ -209,6 +217,12 @@ fn bad_input_is_a_one_line_error_and_writes_nothing() {
 
     let e = expect_error(&with(&|a| set(a, "--steps", "0")), &out);
     assert!(e.contains("steps"), "{e}");
+
+    let e = expect_error(
+        &with(&|a| a.extend(["--dtype".into(), "bf16".into()])),
+        &out,
+    );
+    assert!(e.contains("bf16") && e.contains("CPU"), "{e}");
 
     let img2img = Case::load("parity", "sd-img2img");
     let mut args = case_args(&img2img, &out);

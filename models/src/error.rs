@@ -5,7 +5,7 @@ use std::path::PathBuf;
 pub enum ModelError {
     /// A tensor operation failed; candle's message names the tensor for load-time shape errors.
     #[error(transparent)]
-    Candle(#[from] candle_core::Error),
+    Candle(candle_core::Error),
 
     #[error("cannot read {path}: {source}")]
     Io {
@@ -40,6 +40,18 @@ pub enum ModelError {
     /// The caller asked the denoising loop to stop.
     #[error("generation cancelled")]
     Cancelled,
+}
+
+impl From<candle_core::Error> for ModelError {
+    /// Keeps candle's message and drops the backtrace it attaches when `RUST_BACKTRACE` is set,
+    /// so errors stay one line for users (the backtrace is noise outside a debugger).
+    fn from(err: candle_core::Error) -> Self {
+        let mut err = err;
+        while let candle_core::Error::WithBacktrace { inner, .. } = err {
+            err = *inner;
+        }
+        Self::Candle(err)
+    }
 }
 
 impl ModelError {
