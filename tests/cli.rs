@@ -305,3 +305,72 @@ fn broken_model_folders_are_named_in_the_error() {
     let e = run_on_model(&empty);
     assert!(e.contains("model_index.json"), "{e}");
 }
+
+/// A repo id resolves through the Hugging Face cache layout (refs/main -> snapshots/<hash>, files
+/// symlinked to blobs/), as `hf download` leaves it, and generates the same image as the folder.
+#[test]
+fn hub_repo_ids_load_from_the_hf_cache() {
+    let case = Case::load("parity", "sd-turbo-1step");
+    let cache = tempfile::tempdir().unwrap();
+    let repo = cache.path().join("models--imago-test--sd-turbo-tiny");
+    let hash = "0123456789abcdef0123456789abcdef01234567";
+    let snapshot = repo.join("snapshots").join(hash);
+    let blobs = repo.join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), hash).unwrap();
+    let model = case.model_dir();
+    for (i, file) in walk(&model).into_iter().enumerate() {
+        let rel = file.strip_prefix(&model).unwrap();
+        let blob = blobs.join(format!("blob{i}"));
+        std::fs::copy(&file, &blob).unwrap();
+        let link = snapshot.join(rel);
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&blob, &link).unwrap();
+    }
+    let out = cache.path().join("out");
+    let mut args = case_args(&case, &out);
+    let i = args.iter().position(|a| a == "--model").unwrap();
+    args[i + 1] = "imago-test/sd-turbo-tiny".into();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = Command::new(env!("CARGO_BIN_EXE_imago"))
+        .args(&refs)
+        .env("HF_HUB_CACHE", cache.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let got = image::open(out.join("0.png")).unwrap().to_rgb8();
+    assert_png_close(&out.join("0.png"), &got, &case.expected_png(0));
+
+    // A repo that is not cached is an error naming the cache path.
+    args[i + 1] = "imago-test/not-downloaded".into();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = Command::new(env!("CARGO_BIN_EXE_imago"))
+        .args(&refs)
+        .env("HF_HUB_CACHE", cache.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("models--imago-test--not-downloaded"),
+        "{stderr}"
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
