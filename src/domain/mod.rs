@@ -1,0 +1,2 @@
+//! The request as the server understands it, independent of the wire format.
+pub mod caps;
