@@ -25,10 +25,59 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Serve the OpenRouter (`/api/v1/images`) and OpenAI (`/v1/images/generations`) APIs.
+    Serve(Box<ServeArgs>),
     /// Generate images on this machine and write them as PNG files.
     Generate(Box<GenerateArgs>),
     /// List the built-in model catalog.
     Models,
+    /// Print the OpenAPI document of the HTTP API.
+    PrintOpenapi,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (`0.0.0.0` for every interface).
+    #[arg(long, env = "IMAGO_HOST", default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+
+    /// Port to listen on (0: any free port; the chosen one is printed).
+    #[arg(long, env = "IMAGO_PORT", default_value_t = 8080)]
+    pub port: u16,
+
+    /// A model to serve, `[ID=]SOURCE` (repeatable, or comma-separated in IMAGO_MODELS): SOURCE is a
+    /// Hugging Face repo id in the local cache, a diffusers folder, or a built-in id; without `ID=`
+    /// the id is the repo id or the folder's name. Default: stabilityai/sd-turbo when cached, else imago/tiny-sd.
+    #[arg(long = "model", env = "IMAGO_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+
+    /// An API key clients must send as `Authorization: Bearer KEY` (repeatable, or comma-separated in IMAGO_API_KEYS).
+    #[arg(long = "api-key", env = "IMAGO_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    pub api_keys: Vec<crate::config::Secret>,
+
+    /// A TOML file of keys: `[[keys]]` with `name`, `key` and an optional `models` allow-list.
+    #[arg(long, env = "IMAGO_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, env = "IMAGO_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
+
+    /// auto (f32 on CPU, f16 on GPU), f32, f16 or bf16.
+    #[arg(long, env = "IMAGO_DTYPE", default_value = "auto")]
+    pub dtype: DTypeChoice,
+
+    /// Jobs that may wait for the engine; beyond, requests get 429 with Retry-After.
+    #[arg(long, env = "IMAGO_MAX_QUEUE", default_value_t = 16)]
+    pub max_queue: usize,
+
+    /// Largest request body in bytes (413 beyond).
+    #[arg(long, env = "IMAGO_MAX_BODY_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Let `input_references` URLs reach loopback and private addresses (off: only public ones are fetched).
+    #[arg(long, env = "IMAGO_ALLOW_PRIVATE_URLS")]
+    pub allow_private_urls: bool,
 }
 
 #[derive(Debug, Args)]
@@ -109,8 +158,10 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log);
     let result = match cli.command {
+        Command::Serve(args) => commands::serve::run(*args),
         Command::Generate(args) => commands::generate::run(*args),
         Command::Models => commands::models::run(),
+        Command::PrintOpenapi => commands::print_openapi::run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,7 +40,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ),
         None => (defaults.width, defaults.height),
     };
-    let seed = args.seed.unwrap_or_else(random_seed);
+    let seed = args.seed.unwrap_or_else(crate::domain::seed::random_seed);
     let request = GenerationRequest {
         prompt: args.prompt.clone(),
         negative_prompt: args.negative_prompt.clone(),
@@ -95,19 +95,6 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         t.decode.as_millis()
     );
     Ok(())
-}
-
-/// A seed below 2^32, so it survives JSON clients that hold numbers as doubles.
-fn random_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    hasher.finish() & 0xffff_ffff
 }
 
 struct CliObserver {

@@ -1,3 +1,5 @@
 //! One module per CLI subcommand.
 pub mod generate;
 pub mod models;
+pub mod print_openapi;
+pub mod serve;

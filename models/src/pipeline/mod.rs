@@ -41,6 +41,8 @@ pub struct Generation {
     pub height: usize,
     pub steps_run: usize,
     pub prompt_truncated: bool,
+    /// CLIP tokens of the prompt, bos and eos included, at most the window (77).
+    pub prompt_tokens: usize,
     pub timings: Timings,
 }
 
@@ -63,6 +65,11 @@ impl LoadedModel {
     /// Loads a model from a source string: a diffusers folder, a Hugging Face repo id present in the
     /// local HF cache (`org/name` or `org/name@revision`), or a built-in id (`imago/tiny-sd`).
     pub fn load(source: &str, device: DeviceChoice, dtype: DTypeChoice) -> Result<Self> {
+        Self::load_on(source, &device.open()?, dtype)
+    }
+
+    /// As [`Self::load`], on a device already opened (one device shared by several models).
+    pub fn load_on(source: &str, device: &Device, dtype: DTypeChoice) -> Result<Self> {
         let parsed = ModelSource::parse(source)?;
         let (id, spec, store) = match parsed {
             ModelSource::BuiltIn(builtin) => {
@@ -97,8 +104,7 @@ impl LoadedModel {
             }
         };
         let family = family_of(store.pipeline_class())?;
-        let device = device.open()?;
-        let dtype = dtype.resolve(&device, DType::F16);
+        let dtype = dtype.resolve(device, DType::F16);
         if device.is_cpu() && dtype == DType::BF16 {
             // candle's CPU matmul and convolution have no bf16 kernels.
             return Err(ModelError::invalid(
@@ -107,7 +113,7 @@ impl LoadedModel {
             ));
         }
         tracing::info!(model = %id, from = %store.describe(), family = family.as_str(), ?dtype, "loading model");
-        let pipeline = StableDiffusionPipeline::load(&store, family, &device, dtype)?;
+        let pipeline = StableDiffusionPipeline::load(&store, family, device, dtype)?;
         Ok(Self {
             id,
             location: store.describe(),

@@ -407,6 +407,7 @@ impl StableDiffusionPipeline {
             height: request.height,
             steps_run: total,
             prompt_truncated: prompt.truncated,
+            prompt_tokens,
             timings: Timings {
                 text_encode,
                 denoise,

@@ -1,0 +1,229 @@
+//! The surface-independent core of a generation: reference loading, the engine job, encoding.
+//! `/api/v1/images` and `/v1/images/generations` only translate to and from their wire shapes.
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use image::RgbImage;
+use imago_models::pipeline::Timings;
+
+use super::AppState;
+use crate::domain::request::{OutputFormat, ReferenceSource, ValidatedRequest};
+use crate::domain::seed::random_seed;
+use crate::engine::{EngineError, JobHandle, JobOutput};
+use crate::error::ApiError;
+use crate::imaging::{self, ImageFormat, ReferenceInput, ReferenceLimits};
+use crate::providers::Provider;
+
+/// One encoded output image.
+pub struct EncodedImage {
+    pub bytes: Vec<u8>,
+    pub media_type: &'static str,
+}
+
+/// What a finished request produced, ready for either wire shape.
+pub struct Batch {
+    pub images: Vec<EncodedImage>,
+    pub seed: u64,
+    pub width: usize,
+    pub height: usize,
+    pub steps_run: usize,
+    pub prompt_truncated: bool,
+    /// CLIP tokens of the prompt (bos and eos included, at most the window).
+    pub prompt_tokens: usize,
+    pub timings: Timings,
+    pub queue_time: Duration,
+    /// Unix seconds at completion.
+    pub created: u64,
+}
+
+/// A job in flight with the facts the response needs.
+pub struct Submitted {
+    pub job: JobHandle,
+    pub seed: u64,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn image_format(format: OutputFormat) -> ImageFormat {
+    match format {
+        OutputFormat::Png => ImageFormat::Png,
+        OutputFormat::Jpeg => ImageFormat::Jpeg,
+        OutputFormat::Webp => ImageFormat::Webp,
+    }
+}
+
+/// Fetches/decodes the reference image (a client error when it is bad) and queues the job.
+pub async fn submit(state: &AppState, request: &ValidatedRequest) -> Result<Submitted, ApiError> {
+    let served = state
+        .registry
+        .get(&request.model)
+        .ok_or_else(|| ApiError::UnknownModel { model: request.model.clone(), available: state.registry.ids() })?;
+    let reference = match &request.reference {
+        None => None,
+        Some(source) => Some(load_reference(state, source).await?),
+    };
+    let seed = request.seed.unwrap_or_else(random_seed);
+    match &served.provider {
+        Provider::Local(local) => Ok(Submitted { job: local.submit(request, reference, seed)?, seed }),
+    }
+}
+
+async fn load_reference(state: &AppState, source: &ReferenceSource) -> Result<RgbImage, ApiError> {
+    let limits = ReferenceLimits {
+        max_bytes: state.limits.max_reference_bytes,
+        max_pixels: state.limits.max_reference_pixels,
+        allow_private: state.limits.allow_private_urls,
+        timeout: state.limits.reference_timeout,
+        max_redirects: 5,
+    };
+    let input = match source {
+        ReferenceSource::DataUrl { media_type, bytes } => ReferenceInput::DataUrl { media_type, bytes },
+        ReferenceSource::Url(url) => ReferenceInput::Url(url),
+    };
+    imaging::load_reference(input, &limits)
+        .await
+        .map_err(|e| ApiError::field("input_references[0]", e.to_string()))
+}
+
+/// Maps an engine failure to the client's status: its own mistakes are 400s, the rest 500/502.
+pub fn engine_error(err: EngineError) -> ApiError {
+    match err {
+        EngineError::Invalid(e) => match e {
+            imago_models::ModelError::InvalidInput { field, message } => ApiError::field(field, message),
+            other => ApiError::Internal(other.to_string()),
+        },
+        EngineError::Cancelled => ApiError::BadGateway("the generation was cancelled".into()),
+        EngineError::Stopped => ApiError::BadGateway("the engine stopped before the generation completed".into()),
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+/// Encodes the images off the async workers (PNG of a 1 MP image takes tens of ms).
+pub async fn encode(output: JobOutput, request: &ValidatedRequest) -> Result<Batch, ApiError> {
+    let format = image_format(request.output_format);
+    let compression = request.output_compression;
+    let JobOutput { images, seed, width, height, steps_run, prompt_truncated, prompt_tokens, timings, queue_time } = output;
+    let encoded = tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .map(|img| {
+                imaging::encode_image(img, format, compression).map(|bytes| EncodedImage { bytes, media_type: format.media_type() })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("encoder task failed: {e}")))?
+    .map_err(|e| ApiError::Internal(format!("cannot encode the image: {e}")))?;
+    Ok(Batch {
+        images: encoded,
+        seed,
+        width,
+        height,
+        steps_run,
+        prompt_truncated,
+        prompt_tokens,
+        timings,
+        queue_time,
+        created: unix_now(),
+    })
+}
+
+/// Runs a request to the end (the non-streaming path).
+pub async fn generate(state: &AppState, request: &ValidatedRequest) -> Result<Batch, ApiError> {
+    let submitted = submit(state, request).await?;
+    let output = submitted.job.finish().await.map_err(engine_error)?;
+    encode(output, request).await
+}
+
+/// Headers every successful generation response carries.
+pub fn batch_headers(batch: &Batch) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    };
+    put("x-imago-seed", batch.seed.to_string());
+    put("x-imago-size", format!("{}x{}", batch.width, batch.height));
+    put("x-imago-steps", batch.steps_run.to_string());
+    put("x-queue-time-ms", batch.queue_time.as_millis().to_string());
+    let t = batch.timings;
+    put("x-inference-time-ms", (t.text_encode + t.denoise + t.decode).as_millis().to_string());
+    if batch.prompt_truncated {
+        put("x-imago-prompt-truncated", "true".into());
+    }
+    headers
+}
+
+/// Usage as both APIs report it: the prompt's CLIP tokens in, one output token per 16x16 pixel
+/// patch of every image out (a self-hosted server bills nothing; the numbers describe the work).
+pub struct UsageCounts {
+    pub prompt_tokens: u64,
+    pub image_tokens: u64,
+}
+
+pub fn usage_counts(batch: &Batch, request: &ValidatedRequest) -> UsageCounts {
+    let per_image = (batch.width.div_ceil(16) * batch.height.div_ceil(16)) as u64;
+    UsageCounts { prompt_tokens: batch.prompt_tokens as u64, image_tokens: per_image * request.n as u64 }
+}
+
+/// The events of a streaming generation: waits for the job (its progress is not sent yet), then
+/// `render` turns the finished batch into events; a failure becomes one `render_error` event.
+/// `[DONE]` always ends the stream. Dropping the stream (the client left) drops the job handle,
+/// which cancels the job.
+pub fn event_stream<R, E>(
+    job: JobHandle,
+    request: ValidatedRequest,
+    render: R,
+    render_error: E,
+) -> impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> + Send
+where
+    R: Fn(&Batch, &ValidatedRequest) -> Vec<axum::response::sse::Event> + Send + Sync + 'static,
+    E: Fn(&ApiError) -> axum::response::sse::Event + Send + Sync + 'static,
+{
+    use std::collections::VecDeque;
+
+    enum Phase {
+        Running(JobHandle),
+        Emitting(VecDeque<axum::response::sse::Event>),
+    }
+    let render = std::sync::Arc::new(render);
+    let render_error = std::sync::Arc::new(render_error);
+    futures_util::stream::unfold(Phase::Running(job), move |phase| {
+        let request = request.clone();
+        let render = render.clone();
+        let render_error = render_error.clone();
+        async move {
+            match phase {
+                Phase::Running(job) => {
+                    let batch = match job.finish().await {
+                        Ok(output) => encode(output, &request).await,
+                        Err(err) => Err(engine_error(err)),
+                    };
+                    let mut events: VecDeque<_> = match batch {
+                        Ok(batch) => render(&batch, &request).into(),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "stream failed after it started");
+                            VecDeque::from([render_error(&err)])
+                        }
+                    };
+                    events.push_back(super::sse::done());
+                    let first = events.pop_front()?;
+                    Some((Ok(first), Phase::Emitting(events)))
+                }
+                Phase::Emitting(mut events) => {
+                    let next = events.pop_front()?;
+                    Some((Ok(next), Phase::Emitting(events)))
+                }
+            }
+        }
+    })
+}
+
+/// Base64 of encoded image bytes.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

@@ -1,0 +1,126 @@
+//! `POST /api/v1/images`: OpenRouter's image generation, JSON or SSE.
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::generate::{self, b64, usage_counts, Batch};
+use super::wire::openrouter::{
+    ImageGenCompletedEvent, ImageGenStreamErrorEvent, ImageGenerationRequest, ImageGenerationResponse,
+    ImageGenerationResponseData, ImageGenerationUsage, ImageStreamEvent,
+};
+use super::{parse_json, sse, AppState};
+use crate::domain::request::{validate_openrouter, ValidatedRequest};
+use crate::error::{ApiError, Surface};
+
+/// Generate images (OpenRouter shape). With `stream: true` the answer is `text/event-stream`:
+/// one `image_generation.completed` event per image, then `data: [DONE]`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/images",
+    tag = "openrouter",
+    request_body = ImageGenerationRequest,
+    responses(
+        (status = 200, description = "The images (or an SSE stream of `ImageStreamEvent`s when `stream` is true)", body = ImageGenerationResponse),
+        (status = 400, description = "A field is invalid; the message names it", body = super::wire::openrouter::ErrorResponse),
+        (status = 401, body = super::wire::openrouter::ErrorResponse),
+        (status = 403, body = super::wire::openrouter::ErrorResponse),
+        (status = 404, body = super::wire::openrouter::ErrorResponse),
+        (status = 413, body = super::wire::openrouter::ErrorResponse),
+        (status = 429, body = super::wire::openrouter::ErrorResponse),
+        (status = 500, body = super::wire::openrouter::ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    match handle(&state, &headers, body).await {
+        Ok(response) => response,
+        Err(err) => err.on(Surface::OpenRouter).into_response(),
+    }
+}
+
+async fn handle(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let caller = state.auth.authenticate(headers)?;
+    let request: ImageGenerationRequest = parse_json(body, state.limits.max_body_bytes)?;
+    let served = state.registry.get(&request.model).ok_or_else(|| ApiError::UnknownModel {
+        model: request.model.clone(),
+        available: state.registry.ids(),
+    })?;
+    caller.check_model(&request.model)?;
+    let validated = validate_openrouter(&request, &served.caps).map_err(|e| ApiError::field(e.field, e.message))?;
+    tracing::info!(
+        caller = caller.name(),
+        model = %validated.model,
+        size = %format!("{}x{}", validated.width, validated.height),
+        n = validated.n,
+        steps = validated.steps,
+        stream = validated.stream,
+        user = validated.user.as_deref().unwrap_or(""),
+        "generate"
+    );
+    if validated.stream {
+        return stream(state, validated).await;
+    }
+    let batch = generate::generate(state, &validated).await?;
+    let body = response_body(&batch, &validated);
+    Ok((generate::batch_headers(&batch), Json(body)).into_response())
+}
+
+fn usage(batch: &Batch, request: &ValidatedRequest) -> ImageGenerationUsage {
+    let counts = usage_counts(batch, request);
+    ImageGenerationUsage::new(counts.prompt_tokens, counts.image_tokens)
+}
+
+fn response_body(batch: &Batch, request: &ValidatedRequest) -> ImageGenerationResponse {
+    ImageGenerationResponse {
+        created: batch.created,
+        data: batch
+            .images
+            .iter()
+            .map(|img| ImageGenerationResponseData::new(b64(&img.bytes), img.media_type, batch.seed))
+            .collect(),
+        usage: Some(usage(batch, request)),
+    }
+}
+
+async fn stream(state: &AppState, request: ValidatedRequest) -> Result<Response, ApiError> {
+    let submitted = generate::submit(state, &request).await?;
+    let mut headers = HeaderMap::new();
+    if let Ok(v) = submitted.seed.to_string().parse() {
+        headers.insert("x-imago-seed", v);
+    }
+    if let Ok(v) = format!("{}x{}", request.width, request.height).parse() {
+        headers.insert("x-imago-size", v);
+    }
+    let events = generate::event_stream(
+        submitted.job,
+        request,
+        |batch, request| {
+            let usage = usage(batch, request);
+            batch
+                .images
+                .iter()
+                .enumerate()
+                .map(|(i, img)| {
+                    let event = ImageStreamEvent::Completed(ImageGenCompletedEvent {
+                        b64_json: b64(&img.bytes),
+                        created: batch.created,
+                        created_at: generate::unix_now(),
+                        media_type: Some(img.media_type.to_string()),
+                        usage: Some(usage.clone()),
+                        image_index: i as u32,
+                        seed: Some(batch.seed),
+                    });
+                    sse::event(event.event_name(), &event)
+                })
+                .collect()
+        },
+        |err| {
+            let event = ImageStreamEvent::Error(ImageGenStreamErrorEvent::new(err.public_message(), err.status().as_u16().to_string()));
+            sse::event(event.event_name(), &event)
+        },
+    );
+    Ok(sse::response(events, headers))
+}

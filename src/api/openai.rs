@@ -1,0 +1,136 @@
+//! `POST /v1/images/generations`: OpenAI's image generation on the same core.
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::generate::{self, b64, usage_counts, Batch};
+use super::wire::openai::{
+    Background, ErrorResponse, EventQuality, Image, ImageGenCompletedEvent, ImageGenStreamEvent, ImageGenerateRequest,
+    ImagesResponse, ResponseBackground, ResponseOutputFormat, ResponseQuality, Usage,
+};
+use super::{parse_json, sse, AppState};
+use crate::domain::request::{self as domain, validate_openai, OutputFormat, ValidatedRequest};
+use crate::error::{ApiError, Surface};
+
+/// Generate images (OpenAI shape). With `stream: true`: `image_generation.completed` events, then `data: [DONE]`.
+#[utoipa::path(
+    post,
+    path = "/v1/images/generations",
+    tag = "openai",
+    request_body = ImageGenerateRequest,
+    responses(
+        (status = 200, description = "The images (or an SSE stream of `ImageGenStreamEvent`s when `stream` is true)", body = ImagesResponse),
+        (status = 400, body = ErrorResponse),
+        (status = 401, body = ErrorResponse),
+        (status = 403, body = ErrorResponse),
+        (status = 404, body = ErrorResponse),
+        (status = 413, body = ErrorResponse),
+        (status = 429, body = ErrorResponse),
+        (status = 500, body = ErrorResponse),
+    ),
+    security(("bearer" = []))
+)]
+pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    match handle(&state, &headers, body).await {
+        Ok(response) => response,
+        Err(err) => err.on(Surface::OpenAi).into_response(),
+    }
+}
+
+async fn handle(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let caller = state.auth.authenticate(headers)?;
+    let request: ImageGenerateRequest = parse_json(body, state.limits.max_body_bytes)?;
+    let served = state.registry.get(&request.model).ok_or_else(|| ApiError::UnknownModel {
+        model: request.model.clone(),
+        available: state.registry.ids(),
+    })?;
+    caller.check_model(&request.model)?;
+    let validated = validate_openai(&request, &served.caps).map_err(|e| ApiError::field(e.field, e.message))?;
+    tracing::info!(
+        caller = caller.name(),
+        model = %validated.model,
+        size = %format!("{}x{}", validated.width, validated.height),
+        n = validated.n,
+        stream = validated.stream,
+        "generate (openai)"
+    );
+    if validated.stream {
+        let submitted = generate::submit(state, &validated).await?;
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = submitted.seed.to_string().parse() {
+            headers.insert("x-imago-seed", v);
+        }
+        let events = generate::event_stream(submitted.job, validated, render_events, |err| {
+            let event = ImageGenStreamEvent::Error(ErrorResponse::new(err.public_message(), "server_error", None, None));
+            sse::event(event.event_name(), &event)
+        });
+        return Ok(sse::response(events, headers));
+    }
+    let batch = generate::generate(state, &validated).await?;
+    let body = ImagesResponse {
+        created: batch.created,
+        data: batch.images.iter().map(|img| Image::new(b64(&img.bytes), batch.seed)).collect(),
+        usage: Some(usage(&batch, &validated)),
+        background: Some(ResponseBackground::Opaque),
+        output_format: Some(output_format(validated.output_format)),
+        quality: Some(response_quality(validated.quality)),
+        size: Some(format!("{}x{}", batch.width, batch.height)),
+    };
+    Ok((generate::batch_headers(&batch), Json(body)).into_response())
+}
+
+fn usage(batch: &Batch, request: &ValidatedRequest) -> Usage {
+    let counts = usage_counts(batch, request);
+    Usage::new(counts.prompt_tokens, 0, counts.image_tokens)
+}
+
+fn output_format(format: OutputFormat) -> ResponseOutputFormat {
+    match format {
+        OutputFormat::Png => ResponseOutputFormat::Png,
+        OutputFormat::Jpeg => ResponseOutputFormat::Jpeg,
+        OutputFormat::Webp => ResponseOutputFormat::Webp,
+    }
+}
+
+fn response_quality(quality: Option<domain::Quality>) -> ResponseQuality {
+    match quality {
+        Some(domain::Quality::Low) => ResponseQuality::Low,
+        Some(domain::Quality::High) | Some(domain::Quality::Xhigh) | Some(domain::Quality::Max) => ResponseQuality::High,
+        _ => ResponseQuality::Medium,
+    }
+}
+
+fn event_quality(quality: Option<domain::Quality>) -> EventQuality {
+    match quality {
+        Some(domain::Quality::Low) => EventQuality::Low,
+        Some(domain::Quality::Medium) => EventQuality::Medium,
+        Some(domain::Quality::High) | Some(domain::Quality::Xhigh) | Some(domain::Quality::Max) => EventQuality::High,
+        _ => EventQuality::Auto,
+    }
+}
+
+fn render_events(batch: &Batch, request: &ValidatedRequest) -> Vec<axum::response::sse::Event> {
+    let usage = usage(batch, request);
+    batch
+        .images
+        .iter()
+        .enumerate()
+        .map(|(i, img)| {
+            let event = ImageGenStreamEvent::Completed(ImageGenCompletedEvent {
+                b64_json: b64(&img.bytes),
+                background: Background::Opaque,
+                created_at: generate::unix_now(),
+                output_format: output_format(request.output_format),
+                quality: event_quality(request.quality),
+                size: format!("{}x{}", batch.width, batch.height),
+                usage: usage.clone().into(),
+                image_index: i as u32,
+                seed: Some(batch.seed),
+            });
+            sse::event(event.event_name(), &event)
+        })
+        .collect()
+}

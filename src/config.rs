@@ -1,0 +1,205 @@
+//! The server's configuration, resolved from the command line: models to load, keys, limits.
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use imago_models::device::{DTypeChoice, DeviceChoice};
+use imago_models::loader::{cached_snapshot, hub_cache_dir, ModelSource};
+use serde::Deserialize;
+
+use crate::engine::ModelToLoad;
+
+/// The model served when `--model` is not given and it is in the local HF cache.
+pub const PREFERRED_DEFAULT_MODEL: &str = "stabilityai/sd-turbo";
+/// The weights-free fallback.
+pub const BUILTIN_DEFAULT_MODEL: &str = "imago/tiny-sd";
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            return Err("an API key cannot be empty".into());
+        }
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// One API key and what it may do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiKey {
+    pub name: String,
+    pub secret: Secret,
+    /// `None`: every model.
+    pub models: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    keys: Vec<KeyEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    name: String,
+    key: String,
+    #[serde(default)]
+    models: Option<Vec<String>>,
+}
+
+/// Reads `--api-keys-file`:
+/// ```toml
+/// [[keys]]
+/// name = "alice"
+/// key = "sk-alice-..."
+/// models = ["stabilityai/sd-turbo"]   # optional allow-list
+/// ```
+pub fn read_keys_file(path: &Path) -> Result<Vec<ApiKey>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --api-keys-file {}", path.display()))?;
+    let file: KeysFile = toml::from_str(&text).with_context(|| format!("invalid --api-keys-file {}", path.display()))?;
+    let mut keys = Vec::new();
+    for (i, entry) in file.keys.into_iter().enumerate() {
+        if entry.key.trim().is_empty() {
+            bail!("invalid --api-keys-file {}: keys[{i}] ({}) has an empty key", path.display(), entry.name);
+        }
+        keys.push(ApiKey { name: entry.name, secret: Secret(entry.key), models: entry.models });
+    }
+    Ok(keys)
+}
+
+/// Limits on what one request may bring.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_reference_bytes: usize,
+    pub max_reference_pixels: u64,
+    pub reference_timeout: Duration,
+    pub allow_private_urls: bool,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 32 * 1024 * 1024,
+            max_reference_bytes: 20 * 1024 * 1024,
+            max_reference_pixels: 4096 * 4096,
+            reference_timeout: Duration::from_secs(20),
+            allow_private_urls: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub addr: SocketAddr,
+    pub models: Vec<ModelToLoad>,
+    pub keys: Vec<ApiKey>,
+    pub device: DeviceChoice,
+    pub dtype: DTypeChoice,
+    pub max_queue: usize,
+    pub limits: Limits,
+}
+
+/// `--model [ID=]SOURCE`: without `ID=`, the id is the repo id, the built-in id, or the folder's name.
+pub fn parse_model_arg(arg: &str) -> Result<ModelToLoad> {
+    let (id, source) = match arg.split_once('=') {
+        Some((id, source)) => {
+            let (id, source) = (id.trim(), source.trim());
+            if id.is_empty() || source.is_empty() {
+                bail!("invalid --model {arg:?}: expected ID=SOURCE or SOURCE");
+            }
+            (id.to_string(), source.to_string())
+        }
+        None => (default_id(arg)?, arg.trim().to_string()),
+    };
+    Ok(ModelToLoad { id, source })
+}
+
+fn default_id(source: &str) -> Result<String> {
+    Ok(match ModelSource::parse(source).with_context(|| format!("invalid --model {source:?}"))? {
+        ModelSource::BuiltIn(builtin) => builtin.to_string(),
+        ModelSource::HubRepo { repo_id, .. } => repo_id,
+        ModelSource::Folder(path) => {
+            let path = path.canonicalize().unwrap_or(path);
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| source.to_string())
+        }
+    })
+}
+
+/// Without `--model`: SD-Turbo when it is in the HF cache, else the built-in tiny model (with a
+/// log line that says how to get a real one).
+pub fn default_models() -> Vec<ModelToLoad> {
+    let cache = hub_cache_dir();
+    if let Ok(Some(_)) = cached_snapshot(&cache, PREFERRED_DEFAULT_MODEL, None) {
+        tracing::info!("no --model given: serving {PREFERRED_DEFAULT_MODEL} from the local Hugging Face cache");
+        return vec![ModelToLoad { id: PREFERRED_DEFAULT_MODEL.into(), source: PREFERRED_DEFAULT_MODEL.into() }];
+    }
+    tracing::warn!(
+        "no --model given and {PREFERRED_DEFAULT_MODEL} is not in the Hugging Face cache ({}): serving the built-in \
+         {BUILTIN_DEFAULT_MODEL} (random weights, noise-like pictures). For real images run \
+         `hf download {PREFERRED_DEFAULT_MODEL}` and restart, or pass --model PATH_OR_REPO",
+        cache.display()
+    );
+    vec![ModelToLoad { id: BUILTIN_DEFAULT_MODEL.into(), source: BUILTIN_DEFAULT_MODEL.into() }]
+}
+
+/// Two `--model`s with one id would make requests ambiguous.
+pub fn check_unique_ids(models: &[ModelToLoad]) -> Result<()> {
+    for (i, m) in models.iter().enumerate() {
+        if models[..i].iter().any(|other| other.id == m.id) {
+            bail!("two --model arguments have the id {:?}; give one of them another with ID=SOURCE", m.id);
+        }
+    }
+    Ok(())
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_args_take_an_optional_id() {
+        let m = parse_model_arg("fast=imago/tiny-sd").unwrap();
+        assert_eq!((m.id.as_str(), m.source.as_str()), ("fast", "imago/tiny-sd"));
+        let m = parse_model_arg("imago/tiny-sdxl").unwrap();
+        assert_eq!(m.id, "imago/tiny-sdxl");
+        let m = parse_model_arg("stabilityai/sdxl-turbo").unwrap();
+        assert_eq!(m.id, "stabilityai/sdxl-turbo");
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("my-finetune");
+        std::fs::create_dir(&folder).unwrap();
+        assert_eq!(parse_model_arg(folder.to_str().unwrap()).unwrap().id, "my-finetune");
+        assert!(parse_model_arg("=x").is_err());
+        assert!(check_unique_ids(&[parse_model_arg("a=imago/tiny-sd").unwrap(), parse_model_arg("a=imago/tiny-sdxl").unwrap()]).is_err());
+    }
+
+    #[test]
+    fn keys_file_parses_and_secrets_do_not_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.toml");
+        std::fs::write(&path, "[[keys]]\nname = \"alice\"\nkey = \"sk-123\"\nmodels = [\"imago/tiny-sd\"]\n").unwrap();
+        let keys = read_keys_file(&path).unwrap();
+        assert_eq!(keys[0].models.as_deref(), Some(&["imago/tiny-sd".to_string()][..]));
+        assert!(!format!("{keys:?}").contains("sk-123"));
+        std::fs::write(&path, "[[keys]]\nname = \"bob\"\nkey = \"\"\n").unwrap();
+        assert!(read_keys_file(&path).unwrap_err().to_string().contains("bob"));
+        std::fs::write(&path, "[[keys]]\nname = \"bob\"\nsecret = \"x\"\n").unwrap();
+        assert!(read_keys_file(&path).is_err());
+    }
+}

@@ -1,0 +1,184 @@
+//! The one place that maps errors to HTTP statuses and bodies: the OpenRouter envelope on
+//! `/api/v1/*`, the OpenAI envelope on `/v1/*`. Internal errors are logged here and answered with a
+//! generic message.
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Which API a route belongs to: it decides the error envelope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Surface {
+    OpenRouter,
+    OpenAi,
+    /// Routes of our own (`/health`, `/ready`, `/openapi.json`): the OpenRouter envelope.
+    Imago,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A request field outside its bounds; `field` is its JSON path.
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
+    /// The body is not JSON of the expected shape (serde names the field when it can).
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    #[error("missing or invalid API key (send `Authorization: Bearer <key>`)")]
+    Unauthorized,
+    #[error("this API key may not use model {0}")]
+    ModelNotAllowed(String),
+    #[error("model {model} is not served here; available: {available}")]
+    UnknownModel { model: String, available: String },
+    #[error("no route {0}")]
+    NoRoute(String),
+    #[error("request body too large: the limit is {limit} bytes")]
+    BodyTooLarge { limit: usize },
+    #[error("the generation queue is full ({depth} waiting); retry in {retry_after_s} s")]
+    QueueFull { depth: usize, retry_after_s: u64 },
+    /// A failure inside imago; the detail goes to the log only.
+    #[error("internal error")]
+    Internal(String),
+    /// The generation did not complete (the engine stopped, or an upstream failed).
+    #[error("{0}")]
+    BadGateway(String),
+    #[error("not ready: {0}")]
+    NotReady(String),
+}
+
+impl ApiError {
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::InvalidField {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::InvalidField { .. } | Self::InvalidBody(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::UnknownModel { .. } | Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    /// The message clients see: internal details stay in the log.
+    pub fn public_message(&self) -> String {
+        match self {
+            Self::Internal(_) => "internal error while generating the image; the server log has the details".into(),
+            other => other.to_string(),
+        }
+    }
+
+    fn field_name(&self) -> Option<&str> {
+        match self {
+            Self::InvalidField { field, .. } => Some(field),
+            Self::UnknownModel { .. } | Self::ModelNotAllowed(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    /// OpenAI's `error.type` and `error.code`.
+    fn openai_type_and_code(&self) -> (&'static str, Option<&'static str>) {
+        match self {
+            Self::InvalidField { .. } | Self::InvalidBody(_) => ("invalid_request_error", None),
+            Self::Unauthorized => ("invalid_request_error", Some("invalid_api_key")),
+            Self::ModelNotAllowed(_) => ("invalid_request_error", Some("model_not_allowed")),
+            Self::UnknownModel { .. } => ("invalid_request_error", Some("model_not_found")),
+            Self::NoRoute(_) => ("invalid_request_error", Some("unknown_url")),
+            Self::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            Self::QueueFull { .. } => ("rate_limit_error", Some("queue_full")),
+            Self::Internal(_) => ("server_error", None),
+            Self::BadGateway(_) => ("server_error", Some("generation_incomplete")),
+            Self::NotReady(_) => ("server_error", Some("not_ready")),
+        }
+    }
+
+    /// The JSON error object for one surface (also used inside SSE `error` events).
+    pub fn envelope(&self, surface: Surface) -> serde_json::Value {
+        let message = self.public_message();
+        match surface {
+            Surface::OpenAi => {
+                let (kind, code) = self.openai_type_and_code();
+                json!({"error": {"message": message, "type": kind, "param": self.field_name(), "code": code}})
+            }
+            Surface::OpenRouter | Surface::Imago => {
+                let mut metadata = serde_json::Map::new();
+                if let Some(field) = self.field_name() {
+                    metadata.insert("field".into(), json!(field));
+                }
+                if let Self::QueueFull { retry_after_s, .. } = self {
+                    metadata.insert("retry_after_seconds".into(), json!(retry_after_s));
+                }
+                json!({"error": {"code": self.status().as_u16(), "message": message, "metadata": metadata}})
+            }
+        }
+    }
+
+    /// Logs what must be logged and pairs the error with its surface for the response.
+    pub fn on(self, surface: Surface) -> ApiFailure {
+        ApiFailure { surface, error: self }
+    }
+}
+
+/// An error with the surface that answers it: what handlers return.
+#[derive(Debug)]
+pub struct ApiFailure {
+    pub surface: Surface,
+    pub error: ApiError,
+}
+
+impl IntoResponse for ApiFailure {
+    fn into_response(self) -> Response {
+        let status = self.error.status();
+        match &self.error {
+            ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
+            ApiError::BadGateway(detail) => tracing::warn!(%detail, "generation did not complete"),
+            other if status.is_client_error() => tracing::info!(status = status.as_u16(), error = %other, "request refused"),
+            _ => {}
+        }
+        let mut response = (status, axum::Json(self.error.envelope(self.surface))).into_response();
+        if let ApiError::QueueFull { retry_after_s, .. } = self.error {
+            if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_follow_each_surface() {
+        let err = ApiError::field("n", "must be between 1 and 10, got 11");
+        let or = err.envelope(Surface::OpenRouter);
+        assert_eq!(or["error"]["code"], 400);
+        assert_eq!(or["error"]["metadata"]["field"], "n");
+        assert!(or["error"]["message"].as_str().unwrap().contains("got 11"));
+        let oa = err.envelope(Surface::OpenAi);
+        assert_eq!(oa["error"]["param"], "n");
+        assert_eq!(oa["error"]["type"], "invalid_request_error");
+    }
+
+    #[test]
+    fn internal_details_are_not_sent() {
+        let err = ApiError::Internal("candle: shape mismatch in unet.conv_in".into());
+        assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = err.envelope(Surface::OpenAi).to_string();
+        assert!(!body.contains("candle") && !body.contains("conv_in"), "{body}");
+    }
+
+    #[test]
+    fn queue_full_sets_retry_after() {
+        let response = ApiError::QueueFull { depth: 16, retry_after_s: 12 }.on(Surface::OpenRouter).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "12");
+    }
+}
