@@ -6,6 +6,7 @@ pub mod error;
 pub mod loader;
 pub mod nn;
 pub mod pipeline;
+pub mod preview;
 pub mod rng;
 pub mod schedulers;
 pub mod specs;

@@ -11,6 +11,7 @@ use super::observer::{StepObserver, StepProgress};
 use super::request::{img2img_steps, GenerationRequest};
 use super::{Generation, Timings};
 use crate::error::{ModelError, Result};
+use crate::preview::LatentPreview;
 use crate::rng::TorchGenerator;
 use crate::schedulers::{Scheduler, SchedulerConfig, SchedulerKind};
 use crate::specs::Family;
@@ -66,6 +67,7 @@ pub struct StableDiffusionPipeline {
     vae_dtype: DType,
     scheduler_config: SchedulerConfig,
     vae_scale_factor: usize,
+    preview: LatentPreview,
 }
 
 impl StableDiffusionPipeline {
@@ -139,7 +141,7 @@ impl StableDiffusionPipeline {
                 "{err}; requests that name no scheduler use {FALLBACK_SCHEDULER} (built from the model's scheduler config)"
             );
         }
-        Ok(Self {
+        let mut pipeline = Self {
             family,
             device: device.clone(),
             dtype,
@@ -152,7 +154,16 @@ impl StableDiffusionPipeline {
             vae_dtype,
             scheduler_config,
             vae_scale_factor,
-        })
+            preview: LatentPreview::identity(4),
+        };
+        let channels = pipeline.unet_config.in_channels;
+        pipeline.preview = LatentPreview::fit(channels, device, |z| pipeline.decode_latents(z))?;
+        Ok(pipeline)
+    }
+
+    /// The cheap latent-to-RGB map fitted to this model's VAE.
+    pub fn preview(&self) -> &LatentPreview {
+        &self.preview
     }
 
     pub fn family(&self) -> Family {
