@@ -2,4 +2,5 @@
 pub mod cli;
 pub mod commands;
 pub mod domain;
+pub mod imaging;
 pub mod output;
