@@ -123,6 +123,7 @@ mod tests {
         let back = decode(&q90, image::ImageFormat::Jpeg);
         assert_eq!(back.dimensions(), (96, 64));
         let quality = psnr(&image, &back);
+        eprintln!("jpeg q90: {} bytes, PSNR {quality:.1} dB", q90.len());
         assert!(quality > 30.0, "jpeg q90 PSNR {quality:.1} dB");
 
         let q20 = encode_image(&image, ImageFormat::Jpeg, Some(20)).unwrap();
@@ -163,6 +164,7 @@ mod tests {
         assert_eq!(back.dimensions(), (96, 64));
         assert_ne!(back, image, "q80 must be lossy");
         let quality = psnr(&image, &back);
+        eprintln!("webp q80: {} bytes, PSNR {quality:.1} dB", q80.len());
         assert!(quality > 30.0, "webp q80 PSNR {quality:.1} dB");
         let lossless = encode_image(&image, ImageFormat::Webp, None).unwrap();
         let q20 = encode_image(&image, ImageFormat::Webp, Some(20)).unwrap();

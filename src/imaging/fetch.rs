@@ -3,7 +3,9 @@
 //! and the connection is pinned to those checked addresses so a second DNS answer cannot
 //! redirect it (DNS rebinding). Redirects are followed by hand so each hop is checked too.
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::LOCATION;
 use reqwest::redirect::Policy;
 use reqwest::{Client, Response, StatusCode, Url};
@@ -55,7 +57,7 @@ async fn fetch_following_redirects(
     loop {
         check_scheme(&current)?;
         let addresses = resolve_checked(&current, limits.allow_private).await?;
-        let response = pinned_client(&current, &addresses)?
+        let response = pinned_client(&addresses)?
             .get(current.clone())
             .send()
             .await
@@ -132,17 +134,26 @@ async fn resolve_checked(url: &Url, allow_private: bool) -> Result<Vec<SocketAdd
     Ok(addresses)
 }
 
-/// A client that connects only to `addresses` for `url`'s host, follows no redirects and
-/// ignores proxy settings (a proxy would do its own DNS lookup).
-fn pinned_client(url: &Url, addresses: &[SocketAddr]) -> Result<Client, ImagingError> {
-    let mut builder = Client::builder()
+/// A client that can connect only to `addresses`: its resolver answers every name with them, so
+/// neither a second DNS answer nor a host spelling we did not foresee reaches anything else. It
+/// follows no redirects and ignores proxy settings (a proxy would resolve the name itself).
+pub(super) fn pinned_client(addresses: &[SocketAddr]) -> Result<Client, ImagingError> {
+    Client::builder()
         .redirect(Policy::none())
         .no_proxy()
-        .user_agent(concat!("imago/", env!("CARGO_PKG_VERSION")));
-    if let Some(Host::Domain(domain)) = host_of(url) {
-        builder = builder.resolve_to_addrs(domain, addresses);
+        .dns_resolver(Arc::new(PinnedResolver(addresses.to_vec())))
+        .user_agent(concat!("imago/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| fetch_failed(&e))
+}
+
+struct PinnedResolver(Vec<SocketAddr>);
+
+impl Resolve for PinnedResolver {
+    fn resolve(&self, _name: Name) -> Resolving {
+        let addresses = self.0.clone();
+        Box::pin(async move { Ok(Box::new(addresses.into_iter()) as Addrs) })
     }
-    builder.build().map_err(|e| fetch_failed(&e))
 }
 
 /// The `Location` of a redirect we follow (301, 302, 303, 307, 308); other 3xx are statuses.

@@ -67,6 +67,11 @@ fn redirect(to: String) -> Response {
 }
 
 async fn start_server() -> TestServer {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve(listener)
+}
+
+fn serve(listener: tokio::net::TcpListener) -> TestServer {
     let png = Bytes::from(sample_png());
     let bomb = Bytes::from(zero_png(11000, 11000));
     let app = Router::new()
@@ -137,7 +142,6 @@ async fn start_server() -> TestServer {
         counter.fetch_add(1, Ordering::SeqCst);
         next.run(request)
     }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let task = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
@@ -156,6 +160,33 @@ async fn fetches_and_decodes_a_png() {
         .await
         .unwrap();
     assert_eq!(image, sample());
+    assert_eq!(server.hits(), 1);
+}
+
+#[tokio::test]
+async fn host_names_connect_to_the_addresses_that_were_checked() {
+    let server = start_server().await;
+    let url = format!("http://localhost:{}/img.png", server.addr.port());
+    let image = load_url(&url, &local_limits()).await.unwrap();
+    assert_eq!(image, sample());
+    assert_eq!(server.hits(), 1);
+}
+
+#[tokio::test]
+async fn the_pinned_client_never_resolves_names_itself() {
+    // The server listens on 127.0.0.2 only; `localhost` names 127.0.0.1 / ::1. The request can
+    // reach the server only through the pinned address. (127.0.0.2 is loopback on Linux; where
+    // it cannot be bound, e.g. macOS without an alias, there is nothing to test.)
+    let Ok(listener) = tokio::net::TcpListener::bind("127.0.0.2:0").await else {
+        eprintln!("127.0.0.2 cannot be bound here; skipped");
+        return;
+    };
+    let server = serve(listener);
+    let client = crate::imaging::fetch::pinned_client(&[server.addr]).unwrap();
+    let url = format!("http://localhost:{}/img.png", server.addr.port());
+    let response = client.get(url).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.bytes().await.unwrap(), sample_png());
     assert_eq!(server.hits(), 1);
 }
 
