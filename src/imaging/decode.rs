@@ -1,0 +1,331 @@
+//! Turning untrusted encoded bytes into an RGB image: sniff the format, read the dimensions from
+//! the header and refuse oversized images before any pixel is decoded.
+use std::io::Cursor;
+
+use image::{ImageFormat as CodecFormat, ImageReader, Limits, RgbImage};
+
+use super::{ImagingError, ReferenceLimits};
+
+/// Decoder working memory allowed beyond the output buffer's 8 bytes per pixel (16-bit RGBA).
+const DECODER_SLACK_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Decodes a PNG, JPEG or WebP reference image to RGB8 (alpha is dropped). The format comes from
+/// the bytes, never from a declared type; `limits.max_bytes` and `limits.max_pixels` are enforced
+/// before decoding, the latter from the image header alone.
+pub fn decode_reference_bytes(
+    bytes: &[u8],
+    limits: &ReferenceLimits,
+) -> Result<RgbImage, ImagingError> {
+    if bytes.len() > limits.max_bytes {
+        return Err(ImagingError::TooManyBytes {
+            limit: limits.max_bytes,
+            size: bytes.len() as u64,
+        });
+    }
+    let format = sniff_format(bytes)?;
+    let name = format!("{format:?}").to_ascii_lowercase();
+    let decode_error = |e: image::ImageError| ImagingError::Decode {
+        format: name.clone(),
+        reason: e.to_string(),
+    };
+    let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
+        .into_dimensions()
+        .map_err(decode_error)?;
+    if u64::from(width) * u64::from(height) > limits.max_pixels {
+        return Err(ImagingError::TooManyPixels {
+            limit: limits.max_pixels,
+            width,
+            height,
+        });
+    }
+    let mut decoder_limits = Limits::default();
+    decoder_limits.max_image_width = Some(width);
+    decoder_limits.max_image_height = Some(height);
+    decoder_limits.max_alloc = Some(
+        limits
+            .max_pixels
+            .saturating_mul(8)
+            .saturating_add(DECODER_SLACK_BYTES),
+    );
+    let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+    reader.limits(decoder_limits);
+    Ok(reader.decode().map_err(decode_error)?.to_rgb8())
+}
+
+/// The format named by the magic bytes, if it is one we decode.
+fn sniff_format(bytes: &[u8]) -> Result<CodecFormat, ImagingError> {
+    match image::guess_format(bytes) {
+        Ok(format @ (CodecFormat::Png | CodecFormat::Jpeg | CodecFormat::WebP)) => Ok(format),
+        Ok(other) => Err(ImagingError::UnsupportedFormat {
+            format: format!("{other:?}").to_ascii_lowercase(),
+        }),
+        Err(_) => Err(ImagingError::NotAnImage {
+            found: describe_bytes(bytes),
+        }),
+    }
+}
+
+/// A short description of unrecognised data for the error message.
+fn describe_bytes(bytes: &[u8]) -> String {
+    const SHOWN: usize = 16;
+    if bytes.is_empty() {
+        return "no data".into();
+    }
+    let head = &bytes[..bytes.len().min(SHOWN)];
+    let printable = head
+        .iter()
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace());
+    if printable {
+        format!("text starting with {:?}", String::from_utf8_lossy(head))
+    } else {
+        let hex: Vec<String> = head.iter().map(|b| format!("{b:02x}")).collect();
+        format!("{} bytes starting with {}", bytes.len(), hex.join(" "))
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::imaging::{encode_image, ImageFormat};
+
+    pub(crate) fn limits() -> ReferenceLimits {
+        ReferenceLimits::default()
+    }
+
+    /// The error of a refused image; a wrongly decoded image is reported by its size only (a
+    /// bomb's pixel dump would flood the output).
+    pub(crate) fn refused(result: Result<RgbImage, ImagingError>) -> ImagingError {
+        match result {
+            Ok(image) => panic!(
+                "expected an error, decoded a {:?} image",
+                image.dimensions()
+            ),
+            Err(err) => err,
+        }
+    }
+
+    fn gradient(width: u32, height: u32) -> RgbImage {
+        RgbImage::from_fn(width, height, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x + y) * 2) as u8])
+        })
+    }
+
+    /// A valid 1-bit grayscale PNG of zeros whose IDAT is a hand-written deflate stream of
+    /// 258-byte back-references: 11000x11000 takes ~95 KB but would decode to 121 MP.
+    pub(crate) fn zero_png(width: u32, height: u32) -> Vec<u8> {
+        let row_bytes = 1 + width.div_ceil(8) as u64; // filter byte + packed pixels
+        let raw_len = row_bytes * u64::from(height);
+        let mut bits = BitWriter::default();
+        bits.put(1, 1); // BFINAL
+        bits.put(1, 2); // BTYPE = fixed Huffman
+        bits.put_code(0x30, 8); // literal 0
+        let mut remaining = raw_len - 1;
+        while remaining >= 258 {
+            bits.put_code(0xc5, 8); // length code 285: 258 bytes
+            bits.put_code(0, 5); // distance code 0: distance 1
+            remaining -= 258;
+        }
+        for _ in 0..remaining {
+            bits.put_code(0x30, 8);
+        }
+        bits.put_code(0, 7); // end of block (256)
+        let mut zlib = vec![0x78, 0x01];
+        zlib.extend(bits.finish());
+        let adler = (((raw_len % 65521) as u32) << 16) | 1;
+        zlib.extend(adler.to_be_bytes());
+
+        let mut ihdr = Vec::new();
+        ihdr.extend(width.to_be_bytes());
+        ihdr.extend(height.to_be_bytes());
+        ihdr.extend([1, 0, 0, 0, 0]); // bit depth 1, grayscale, deflate, no filter, no interlace
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        for (kind, data) in [(b"IHDR", &ihdr), (b"IDAT", &zlib), (b"IEND", &Vec::new())] {
+            png.extend((data.len() as u32).to_be_bytes());
+            let start = png.len();
+            png.extend(kind);
+            png.extend(data);
+            let crc = crc32(&png[start..]);
+            png.extend(crc.to_be_bytes());
+        }
+        png
+    }
+
+    #[derive(Default)]
+    struct BitWriter {
+        out: Vec<u8>,
+        acc: u64,
+        count: u32,
+    }
+
+    impl BitWriter {
+        /// Appends `len` bits of `value`, least significant first (deflate's data order).
+        fn put(&mut self, value: u64, len: u32) {
+            self.acc |= value << self.count;
+            self.count += len;
+            while self.count >= 8 {
+                self.out.push(self.acc as u8);
+                self.acc >>= 8;
+                self.count -= 8;
+            }
+        }
+
+        /// Appends a Huffman code, most significant bit first.
+        fn put_code(&mut self, code: u64, len: u32) {
+            for i in (0..len).rev() {
+                self.put((code >> i) & 1, 1);
+            }
+        }
+
+        fn finish(mut self) -> Vec<u8> {
+            if self.count > 0 {
+                self.out.push(self.acc as u8);
+            }
+            self.out
+        }
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &byte in data {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn the_zero_png_generator_makes_valid_pngs() {
+        let small = zero_png(301, 203);
+        let decoded = decode_reference_bytes(&small, &limits()).unwrap();
+        assert_eq!(decoded.dimensions(), (301, 203));
+        assert!(decoded.pixels().all(|p| p.0 == [0, 0, 0]));
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_from_its_header() {
+        let bomb = zero_png(11000, 11000);
+        assert!(bomb.len() < 120_000, "bomb is {} bytes", bomb.len());
+        let start = Instant::now();
+        let err = refused(decode_reference_bytes(&bomb, &limits()));
+        let elapsed = start.elapsed();
+        eprintln!(
+            "bomb of {} bytes (11000x11000) refused in {elapsed:?}",
+            bomb.len()
+        );
+        assert!(
+            matches!(
+                err,
+                ImagingError::TooManyPixels { limit, width: 11000, height: 11000 } if limit == 4096 * 4096
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("11000x11000"), "{err}");
+        assert!(elapsed.as_millis() < 50, "took {elapsed:?}");
+    }
+
+    #[test]
+    fn every_format_is_checked_against_max_pixels() {
+        let image = gradient(40, 30);
+        let limits = ReferenceLimits {
+            max_pixels: 1199,
+            ..limits()
+        };
+        for format in [ImageFormat::Png, ImageFormat::Jpeg, ImageFormat::Webp] {
+            for compression in [None, Some(70)] {
+                let bytes = encode_image(&image, format, compression).unwrap();
+                let err = refused(decode_reference_bytes(&bytes, &limits));
+                assert!(
+                    matches!(
+                        err,
+                        ImagingError::TooManyPixels {
+                            limit: 1199,
+                            width: 40,
+                            height: 30
+                        }
+                    ),
+                    "{format:?}: {err}"
+                );
+                let at_limit = ReferenceLimits {
+                    max_pixels: 1200,
+                    ..limits.clone()
+                };
+                let decoded = decode_reference_bytes(&bytes, &at_limit).unwrap();
+                assert_eq!(decoded.dimensions(), (40, 30), "{format:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn decodes_to_rgb_dropping_alpha() {
+        let rgba = image::RgbaImage::from_fn(5, 4, |x, y| {
+            image::Rgba([x as u8 * 50, y as u8 * 60, 9, 17])
+        });
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgba8(rgba.clone())
+            .write_to(&mut Cursor::new(&mut png), CodecFormat::Png)
+            .unwrap();
+        let decoded = decode_reference_bytes(&png, &limits()).unwrap();
+        for (x, y, pixel) in decoded.enumerate_pixels() {
+            let source = rgba.get_pixel(x, y).0;
+            assert_eq!(pixel.0, [source[0], source[1], source[2]]);
+        }
+        let lossless = encode_image(&gradient(9, 7), ImageFormat::Webp, None).unwrap();
+        assert_eq!(
+            decode_reference_bytes(&lossless, &limits()).unwrap(),
+            gradient(9, 7)
+        );
+    }
+
+    #[test]
+    fn refuses_what_is_not_png_jpeg_or_webp() {
+        let err = refused(decode_reference_bytes(b"<!DOCTYPE html><html>", &limits()));
+        assert!(matches!(err, ImagingError::NotAnImage { .. }), "{err}");
+        assert!(err.to_string().contains("<!DOCTYPE html><"), "{err}");
+
+        let err = refused(decode_reference_bytes(&[0, 1, 2, 250, 251], &limits()));
+        assert!(
+            err.to_string()
+                .contains("5 bytes starting with 00 01 02 fa fb"),
+            "{err}"
+        );
+
+        let err = refused(decode_reference_bytes(b"", &limits()));
+        assert!(err.to_string().contains("no data"), "{err}");
+
+        let err = refused(decode_reference_bytes(b"GIF89a\x01\x00\x01\x00", &limits()));
+        assert!(
+            matches!(&err, ImagingError::UnsupportedFormat { format } if format == "gif"),
+            "{err}"
+        );
+
+        let mut truncated = encode_image(&gradient(20, 20), ImageFormat::Png, None).unwrap();
+        truncated.truncate(60);
+        let err = refused(decode_reference_bytes(&truncated, &limits()));
+        assert!(
+            matches!(&err, ImagingError::Decode { format, .. } if format == "png"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_too_many_bytes_before_sniffing() {
+        let bytes = encode_image(&gradient(20, 20), ImageFormat::Png, None).unwrap();
+        let limits = ReferenceLimits {
+            max_bytes: bytes.len() - 1,
+            ..limits()
+        };
+        let err = refused(decode_reference_bytes(&bytes, &limits));
+        assert!(
+            matches!(err, ImagingError::TooManyBytes { limit, size } if limit == bytes.len() - 1 && size == bytes.len() as u64),
+            "{err}"
+        );
+    }
+}
