@@ -9,7 +9,8 @@ use imago_models::pipeline::Timings;
 use super::AppState;
 use crate::domain::request::{OutputFormat, ReferenceSource, ValidatedRequest};
 use crate::domain::seed::random_seed;
-use crate::engine::{EngineError, JobHandle, JobOutput};
+use crate::engine::{EngineError, JobEvent, JobHandle, JobOutput};
+use axum::response::sse::Event;
 use crate::error::ApiError;
 use crate::imaging::{self, ImageFormat, ReferenceInput, ReferenceLimits};
 use crate::providers::Provider;
@@ -169,57 +170,86 @@ pub fn usage_counts(batch: &Batch, request: &ValidatedRequest) -> UsageCounts {
     UsageCounts { prompt_tokens: batch.prompt_tokens as u64, image_tokens: per_image * request.n as u64 }
 }
 
-/// The events of a streaming generation: waits for the job (its progress is not sent yet), then
-/// `render` turns the finished batch into events; a failure becomes one `render_error` event.
-/// `[DONE]` always ends the stream. Dropping the stream (the client left) drops the job handle,
-/// which cancels the job.
-pub fn event_stream<R, E>(
+/// How one API shape renders the events of a streaming generation.
+pub trait StreamRenderer: Send + Sync + 'static {
+    fn partial(&self, request: &ValidatedRequest, partial_image_index: u32, image_index: u32, image: &EncodedImage) -> Event;
+    fn completed(&self, batch: &Batch, request: &ValidatedRequest) -> Vec<Event>;
+    fn error(&self, err: &ApiError) -> Event;
+}
+
+/// The events of a streaming generation: partial images as the engine sends previews (encoded here,
+/// off the denoising thread), then the final images, or one error event; `[DONE]` always ends the
+/// stream. Dropping the stream (the client left) drops the job handle, which cancels the job.
+pub fn event_stream<R: StreamRenderer>(
     job: JobHandle,
     request: ValidatedRequest,
-    render: R,
-    render_error: E,
-) -> impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>> + Send
-where
-    R: Fn(&Batch, &ValidatedRequest) -> Vec<axum::response::sse::Event> + Send + Sync + 'static,
-    E: Fn(&ApiError) -> axum::response::sse::Event + Send + Sync + 'static,
-{
+    renderer: R,
+) -> impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>> + Send {
     use std::collections::VecDeque;
+    use std::sync::Arc;
 
-    enum Phase {
-        Running(JobHandle),
-        Emitting(VecDeque<axum::response::sse::Event>),
-    }
-    let render = std::sync::Arc::new(render);
-    let render_error = std::sync::Arc::new(render_error);
-    futures_util::stream::unfold(Phase::Running(job), move |phase| {
+    let renderer = Arc::new(renderer);
+    let request = Arc::new(request);
+    let start = (Some(job), VecDeque::<Event>::new());
+    futures_util::stream::unfold(start, move |(mut job, mut queue)| {
+        let renderer = renderer.clone();
         let request = request.clone();
-        let render = render.clone();
-        let render_error = render_error.clone();
         async move {
-            match phase {
-                Phase::Running(job) => {
-                    let batch = match job.finish().await {
-                        Ok(output) => encode(output, &request).await,
-                        Err(err) => Err(engine_error(err)),
-                    };
-                    let mut events: VecDeque<_> = match batch {
-                        Ok(batch) => render(&batch, &request).into(),
-                        Err(err) => {
-                            tracing::warn!(error = %err, "stream failed after it started");
-                            VecDeque::from([render_error(&err)])
-                        }
-                    };
-                    events.push_back(super::sse::done());
-                    let first = events.pop_front()?;
-                    Some((Ok(first), Phase::Emitting(events)))
+            loop {
+                if let Some(event) = queue.pop_front() {
+                    return Some((Ok(event), (job, queue)));
                 }
-                Phase::Emitting(mut events) => {
-                    let next = events.pop_front()?;
-                    Some((Ok(next), Phase::Emitting(events)))
+                let mut running = job.take()?;
+                match running.events.recv().await {
+                    Some(JobEvent::Preview { partial_image_index, images }) => {
+                        match encode_previews(images, &request).await {
+                            Ok(encoded) => queue.extend(
+                                encoded
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(i, img)| renderer.partial(&request, partial_image_index, i as u32, img)),
+                            ),
+                            Err(err) => tracing::warn!(error = %err, "preview encoding failed; preview skipped"),
+                        }
+                        job = Some(running);
+                    }
+                    Some(JobEvent::Finished(result)) => {
+                        let batch = match result {
+                            Ok(output) => encode(output, &request).await,
+                            Err(err) => Err(engine_error(err)),
+                        };
+                        match batch {
+                            Ok(batch) => queue.extend(renderer.completed(&batch, &request)),
+                            Err(err) => {
+                                tracing::warn!(error = %err, "stream failed after it started");
+                                queue.push_back(renderer.error(&err));
+                            }
+                        }
+                        queue.push_back(super::sse::done());
+                    }
+                    Some(_) => job = Some(running),
+                    None => {
+                        queue.push_back(renderer.error(&ApiError::BadGateway("the engine stopped during the generation".into())));
+                        queue.push_back(super::sse::done());
+                    }
                 }
             }
         }
     })
+}
+
+async fn encode_previews(images: Vec<RgbImage>, request: &ValidatedRequest) -> Result<Vec<EncodedImage>, ApiError> {
+    let format = image_format(request.output_format);
+    let compression = request.output_compression;
+    tokio::task::spawn_blocking(move || {
+        images
+            .iter()
+            .map(|img| imaging::encode_image(img, format, compression).map(|bytes| EncodedImage { bytes, media_type: format.media_type() }))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("encoder task failed: {e}")))?
+    .map_err(|e| ApiError::Internal(format!("cannot encode a preview: {e}")))
 }
 
 /// Base64 of encoded image bytes.

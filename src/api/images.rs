@@ -3,12 +3,13 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::generate::{self, b64, usage_counts, Batch};
+use super::generate::{self, b64, usage_counts, Batch, EncodedImage, StreamRenderer};
 use super::wire::openrouter::{
-    ImageGenCompletedEvent, ImageGenStreamErrorEvent, ImageGenerationRequest, ImageGenerationResponse,
+    ImageGenCompletedEvent, ImageGenPartialImageEvent, ImageGenStreamErrorEvent, ImageGenerationRequest, ImageGenerationResponse,
     ImageGenerationResponseData, ImageGenerationUsage, ImageStreamEvent,
 };
 use super::{parse_json, sse, AppState};
@@ -94,33 +95,45 @@ async fn stream(state: &AppState, request: ValidatedRequest) -> Result<Response,
     if let Ok(v) = format!("{}x{}", request.width, request.height).parse() {
         headers.insert("x-imago-size", v);
     }
-    let events = generate::event_stream(
-        submitted.job,
-        request,
-        |batch, request| {
-            let usage = usage(batch, request);
-            batch
-                .images
-                .iter()
-                .enumerate()
-                .map(|(i, img)| {
-                    let event = ImageStreamEvent::Completed(ImageGenCompletedEvent {
-                        b64_json: b64(&img.bytes),
-                        created: batch.created,
-                        created_at: generate::unix_now(),
-                        media_type: Some(img.media_type.to_string()),
-                        usage: Some(usage.clone()),
-                        image_index: i as u32,
-                        seed: Some(batch.seed),
-                    });
-                    sse::event(event.event_name(), &event)
-                })
-                .collect()
-        },
-        |err| {
-            let event = ImageStreamEvent::Error(ImageGenStreamErrorEvent::new(err.public_message(), err.status().as_u16().to_string()));
-            sse::event(event.event_name(), &event)
-        },
-    );
+    let events = generate::event_stream(submitted.job, request, OpenRouterEvents);
     Ok(sse::response(events, headers))
+}
+
+struct OpenRouterEvents;
+
+impl StreamRenderer for OpenRouterEvents {
+    fn partial(&self, _request: &ValidatedRequest, partial_image_index: u32, image_index: u32, image: &EncodedImage) -> Event {
+        let event = ImageStreamEvent::PartialImage(ImageGenPartialImageEvent {
+            b64_json: b64(&image.bytes),
+            partial_image_index,
+            image_index,
+        });
+        sse::event(event.event_name(), &event)
+    }
+
+    fn completed(&self, batch: &Batch, request: &ValidatedRequest) -> Vec<Event> {
+        let usage = usage(batch, request);
+        batch
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                let event = ImageStreamEvent::Completed(ImageGenCompletedEvent {
+                    b64_json: b64(&img.bytes),
+                    created: batch.created,
+                    created_at: generate::unix_now(),
+                    media_type: Some(img.media_type.to_string()),
+                    usage: Some(usage.clone()),
+                    image_index: i as u32,
+                    seed: Some(batch.seed),
+                });
+                sse::event(event.event_name(), &event)
+            })
+            .collect()
+    }
+
+    fn error(&self, err: &ApiError) -> Event {
+        let event = ImageStreamEvent::Error(ImageGenStreamErrorEvent::new(err.public_message(), err.status().as_u16().to_string()));
+        sse::event(event.event_name(), &event)
+    }
 }

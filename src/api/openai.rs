@@ -3,12 +3,14 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use super::generate::{self, b64, usage_counts, Batch};
+use super::generate::{self, b64, usage_counts, Batch, EncodedImage, StreamRenderer};
 use super::wire::openai::{
-    Background, ErrorResponse, EventQuality, Image, ImageGenCompletedEvent, ImageGenStreamEvent, ImageGenerateRequest,
+    Background, ErrorResponse, EventQuality, Image, ImageGenCompletedEvent, ImageGenPartialImageEvent, ImageGenStreamEvent,
+    ImageGenerateRequest,
     ImagesResponse, ResponseBackground, ResponseOutputFormat, ResponseQuality, Usage,
 };
 use super::{parse_json, sse, AppState};
@@ -63,10 +65,7 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
         if let Ok(v) = submitted.seed.to_string().parse() {
             headers.insert("x-imago-seed", v);
         }
-        let events = generate::event_stream(submitted.job, validated, render_events, |err| {
-            let event = ImageGenStreamEvent::Error(ErrorResponse::new(err.public_message(), "server_error", None, None));
-            sse::event(event.event_name(), &event)
-        });
+        let events = generate::event_stream(submitted.job, validated, OpenAiEvents);
         return Ok(sse::response(events, headers));
     }
     let batch = generate::generate(state, &validated).await?;
@@ -112,25 +111,48 @@ fn event_quality(quality: Option<domain::Quality>) -> EventQuality {
     }
 }
 
-fn render_events(batch: &Batch, request: &ValidatedRequest) -> Vec<axum::response::sse::Event> {
-    let usage = usage(batch, request);
-    batch
-        .images
-        .iter()
-        .enumerate()
-        .map(|(i, img)| {
-            let event = ImageGenStreamEvent::Completed(ImageGenCompletedEvent {
-                b64_json: b64(&img.bytes),
-                background: Background::Opaque,
-                created_at: generate::unix_now(),
-                output_format: output_format(request.output_format),
-                quality: event_quality(request.quality),
-                size: format!("{}x{}", batch.width, batch.height),
-                usage: usage.clone().into(),
-                image_index: i as u32,
-                seed: Some(batch.seed),
-            });
-            sse::event(event.event_name(), &event)
-        })
-        .collect()
+struct OpenAiEvents;
+
+impl StreamRenderer for OpenAiEvents {
+    fn partial(&self, request: &ValidatedRequest, partial_image_index: u32, image_index: u32, image: &EncodedImage) -> Event {
+        let event = ImageGenStreamEvent::PartialImage(ImageGenPartialImageEvent {
+            b64_json: b64(&image.bytes),
+            background: Background::Opaque,
+            created_at: generate::unix_now(),
+            output_format: output_format(request.output_format),
+            partial_image_index,
+            quality: event_quality(request.quality),
+            size: format!("{}x{}", request.width, request.height),
+            image_index,
+        });
+        sse::event(event.event_name(), &event)
+    }
+
+    fn completed(&self, batch: &Batch, request: &ValidatedRequest) -> Vec<Event> {
+        let usage = usage(batch, request);
+        batch
+            .images
+            .iter()
+            .enumerate()
+            .map(|(i, img)| {
+                let event = ImageGenStreamEvent::Completed(ImageGenCompletedEvent {
+                    b64_json: b64(&img.bytes),
+                    background: Background::Opaque,
+                    created_at: generate::unix_now(),
+                    output_format: output_format(request.output_format),
+                    quality: event_quality(request.quality),
+                    size: format!("{}x{}", batch.width, batch.height),
+                    usage: usage.clone().into(),
+                    image_index: i as u32,
+                    seed: Some(batch.seed),
+                });
+                sse::event(event.event_name(), &event)
+            })
+            .collect()
+    }
+
+    fn error(&self, err: &ApiError) -> Event {
+        let event = ImageGenStreamEvent::Error(ErrorResponse::new(err.public_message(), "server_error", None, None));
+        sse::event(event.event_name(), &event)
+    }
 }

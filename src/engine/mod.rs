@@ -67,11 +67,14 @@ pub struct JobOutput {
     pub queue_time: Duration,
 }
 
-/// Progress of one job, in order: `Started`, `Step`s (lossy), then exactly one `Finished`.
+/// Progress of one job, in order: `Started`, `Step`s and `Preview`s (lossy: dropped when the
+/// caller is slow), then exactly one `Finished`.
 #[derive(Debug)]
 pub enum JobEvent {
     Started { queue_time: Duration },
     Step { step: usize, total: usize },
+    /// The predicted clean image after a step, one small picture per batch item.
+    Preview { partial_image_index: u32, images: Vec<RgbImage> },
     Finished(Result<JobOutput, EngineError>),
 }
 
@@ -104,6 +107,8 @@ impl Drop for JobHandle {
 pub(crate) struct Job {
     pub model: String,
     pub request: GenerationRequest,
+    /// Previews to send, spread over the steps (0: none).
+    pub partial_images: usize,
     pub span: tracing::Span,
     pub events: mpsc::Sender<JobEvent>,
     pub cancel: Arc<AtomicBool>,
@@ -148,13 +153,15 @@ impl Engine {
         ))
     }
 
-    /// Queues a job; refused at once when `max_queue` jobs are already waiting.
-    pub fn submit(&self, model: &str, request: GenerationRequest) -> Result<JobHandle, EngineError> {
+    /// Queues a job with `partial_images` previews; refused at once when `max_queue` jobs are
+    /// already waiting.
+    pub fn submit(&self, model: &str, request: GenerationRequest, partial_images: usize) -> Result<JobHandle, EngineError> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
         let job = Job {
             model: model.to_string(),
             request,
+            partial_images,
             span: tracing::Span::current(),
             events: events_tx,
             cancel: cancel.clone(),

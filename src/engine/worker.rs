@@ -76,7 +76,7 @@ fn load_all(config: &EngineConfig, models: &[ModelToLoad]) -> Result<HashMap<Str
 }
 
 fn run_job(model: &LoadedModel, job: &Job, queue_time: std::time::Duration) -> Result<JobOutput, EngineError> {
-    let mut observer = JobObserver { cancel: &job.cancel, events: &job.events };
+    let mut observer = JobObserver { cancel: &job.cancel, events: &job.events, model, partial_images: job.partial_images, sent: 0 };
     // A panic inside candle must fail this job, not the thread that serves everyone.
     let outcome = catch_unwind(AssertUnwindSafe(|| model.generate(&job.request, &mut observer)));
     match outcome {
@@ -108,15 +108,54 @@ fn run_job(model: &LoadedModel, job: &Job, queue_time: std::time::Duration) -> R
 struct JobObserver<'a> {
     cancel: &'a AtomicBool,
     events: &'a mpsc::Sender<JobEvent>,
+    model: &'a LoadedModel,
+    partial_images: usize,
+    sent: u32,
+}
+
+/// The steps after which previews go out: `n` spread evenly over `total`, the last one after the
+/// final step (before the VAE decode); fewer when there are fewer steps than previews.
+pub(super) fn preview_steps(total: usize, n: usize) -> Vec<usize> {
+    let mut steps: Vec<usize> = (1..=n).map(|k| (k * total).div_ceil(n).saturating_sub(1)).collect();
+    steps.dedup();
+    steps
 }
 
 impl StepObserver for JobObserver<'_> {
     fn on_step(&mut self, progress: &StepProgress<'_>) -> ControlFlow<()> {
         let _ = self.events.try_send(JobEvent::Step { step: progress.step, total: progress.total });
+        if self.partial_images > 0 && preview_steps(progress.total, self.partial_images).contains(&progress.step) {
+            // The projection is a few multiply-adds per latent cell; encoding happens off this thread.
+            match self.model.preview().render(progress.predicted_x0) {
+                Ok(images) => {
+                    if self.events.try_send(JobEvent::Preview { partial_image_index: self.sent, images }).is_ok() {
+                        self.sent += 1;
+                    } else {
+                        tracing::debug!("preview dropped: the client is not keeping up");
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "preview failed"),
+            }
+        }
         if self.cancel.load(Ordering::SeqCst) {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::preview_steps;
+
+    #[test]
+    fn previews_spread_evenly_and_end_on_the_last_step() {
+        assert_eq!(preview_steps(4, 2), vec![1, 3]);
+        assert_eq!(preview_steps(10, 3), vec![3, 6, 9]);
+        assert_eq!(preview_steps(1, 2), vec![0]);
+        assert_eq!(preview_steps(2, 3), vec![0, 1]);
+        assert_eq!(preview_steps(5, 1), vec![4]);
+        assert!(preview_steps(5, 0).is_empty());
     }
 }

@@ -36,7 +36,9 @@ impl LocalProvider {
             scheduler: request.scheduler,
             init_image: reference.map(|image| InitImage { image, strength: request.strength }),
         };
-        self.engine.submit(&request.model, job).map_err(|err| match err {
+        // Previews exist only on streams.
+        let partial_images = if request.stream { request.partial_images as usize } else { 0 };
+        self.engine.submit(&request.model, job, partial_images).map_err(|err| match err {
             EngineError::QueueFull { depth } => ApiError::QueueFull {
                 depth,
                 // One job ahead of each waiting one; a coarse but honest hint.
