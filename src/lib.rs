@@ -1,4 +1,5 @@
 //! imago: a self-hosted image-generation server and CLI on the `imago-models` engine.
+pub mod api;
 pub mod cli;
 pub mod commands;
 pub mod domain;
