@@ -52,7 +52,12 @@ pub struct ServeArgs {
     pub models: Vec<String>,
 
     /// An API key clients must send as `Authorization: Bearer KEY` (repeatable, or comma-separated in IMAGO_API_KEYS).
-    #[arg(long = "api-key", env = "IMAGO_API_KEYS", value_delimiter = ',', hide_env_values = true)]
+    #[arg(
+        long = "api-key",
+        env = "IMAGO_API_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
     pub api_keys: Vec<crate::config::Secret>,
 
     /// A TOML file of keys: `[[keys]]` with `name`, `key` and an optional `models` allow-list.

@@ -1,7 +1,7 @@
 //! The server's configuration, resolved from the command line: models to load, keys, limits.
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -70,14 +70,24 @@ struct KeyEntry {
 /// models = ["stabilityai/sd-turbo"]   # optional allow-list
 /// ```
 pub fn read_keys_file(path: &Path) -> Result<Vec<ApiKey>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --api-keys-file {}", path.display()))?;
-    let file: KeysFile = toml::from_str(&text).with_context(|| format!("invalid --api-keys-file {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --api-keys-file {}", path.display()))?;
+    let file: KeysFile = toml::from_str(&text)
+        .with_context(|| format!("invalid --api-keys-file {}", path.display()))?;
     let mut keys = Vec::new();
     for (i, entry) in file.keys.into_iter().enumerate() {
         if entry.key.trim().is_empty() {
-            bail!("invalid --api-keys-file {}: keys[{i}] ({}) has an empty key", path.display(), entry.name);
+            bail!(
+                "invalid --api-keys-file {}: keys[{i}] ({}) has an empty key",
+                path.display(),
+                entry.name
+            );
         }
-        keys.push(ApiKey { name: entry.name, secret: Secret(entry.key), models: entry.models });
+        keys.push(ApiKey {
+            name: entry.name,
+            secret: Secret(entry.key),
+            models: entry.models,
+        });
     }
     Ok(keys)
 }
@@ -131,14 +141,18 @@ pub fn parse_model_arg(arg: &str) -> Result<ModelToLoad> {
 }
 
 fn default_id(source: &str) -> Result<String> {
-    Ok(match ModelSource::parse(source).with_context(|| format!("invalid --model {source:?}"))? {
-        ModelSource::BuiltIn(builtin) => builtin.to_string(),
-        ModelSource::HubRepo { repo_id, .. } => repo_id,
-        ModelSource::Folder(path) => {
-            let path = path.canonicalize().unwrap_or(path);
-            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| source.to_string())
-        }
-    })
+    Ok(
+        match ModelSource::parse(source).with_context(|| format!("invalid --model {source:?}"))? {
+            ModelSource::BuiltIn(builtin) => builtin.to_string(),
+            ModelSource::HubRepo { repo_id, .. } => repo_id,
+            ModelSource::Folder(path) => {
+                let path = path.canonicalize().unwrap_or(path);
+                path.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| source.to_string())
+            }
+        },
+    )
 }
 
 /// Without `--model`: SD-Turbo when it is in the HF cache, else the built-in tiny model (with a
@@ -146,8 +160,13 @@ fn default_id(source: &str) -> Result<String> {
 pub fn default_models() -> Vec<ModelToLoad> {
     let cache = hub_cache_dir();
     if let Ok(Some(_)) = cached_snapshot(&cache, PREFERRED_DEFAULT_MODEL, None) {
-        tracing::info!("no --model given: serving {PREFERRED_DEFAULT_MODEL} from the local Hugging Face cache");
-        return vec![ModelToLoad { id: PREFERRED_DEFAULT_MODEL.into(), source: PREFERRED_DEFAULT_MODEL.into() }];
+        tracing::info!(
+            "no --model given: serving {PREFERRED_DEFAULT_MODEL} from the local Hugging Face cache"
+        );
+        return vec![ModelToLoad {
+            id: PREFERRED_DEFAULT_MODEL.into(),
+            source: PREFERRED_DEFAULT_MODEL.into(),
+        }];
     }
     tracing::warn!(
         "no --model given and {PREFERRED_DEFAULT_MODEL} is not in the Hugging Face cache ({}): serving the built-in \
@@ -155,19 +174,24 @@ pub fn default_models() -> Vec<ModelToLoad> {
          `hf download {PREFERRED_DEFAULT_MODEL}` and restart, or pass --model PATH_OR_REPO",
         cache.display()
     );
-    vec![ModelToLoad { id: BUILTIN_DEFAULT_MODEL.into(), source: BUILTIN_DEFAULT_MODEL.into() }]
+    vec![ModelToLoad {
+        id: BUILTIN_DEFAULT_MODEL.into(),
+        source: BUILTIN_DEFAULT_MODEL.into(),
+    }]
 }
 
 /// Two `--model`s with one id would make requests ambiguous.
 pub fn check_unique_ids(models: &[ModelToLoad]) -> Result<()> {
     for (i, m) in models.iter().enumerate() {
         if models[..i].iter().any(|other| other.id == m.id) {
-            bail!("two --model arguments have the id {:?}; give one of them another with ID=SOURCE", m.id);
+            bail!(
+                "two --model arguments have the id {:?}; give one of them another with ID=SOURCE",
+                m.id
+            );
         }
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -176,7 +200,10 @@ mod tests {
     #[test]
     fn model_args_take_an_optional_id() {
         let m = parse_model_arg("fast=imago/tiny-sd").unwrap();
-        assert_eq!((m.id.as_str(), m.source.as_str()), ("fast", "imago/tiny-sd"));
+        assert_eq!(
+            (m.id.as_str(), m.source.as_str()),
+            ("fast", "imago/tiny-sd")
+        );
         let m = parse_model_arg("imago/tiny-sdxl").unwrap();
         assert_eq!(m.id, "imago/tiny-sdxl");
         let m = parse_model_arg("stabilityai/sdxl-turbo").unwrap();
@@ -184,21 +211,38 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = dir.path().join("my-finetune");
         std::fs::create_dir(&folder).unwrap();
-        assert_eq!(parse_model_arg(folder.to_str().unwrap()).unwrap().id, "my-finetune");
+        assert_eq!(
+            parse_model_arg(folder.to_str().unwrap()).unwrap().id,
+            "my-finetune"
+        );
         assert!(parse_model_arg("=x").is_err());
-        assert!(check_unique_ids(&[parse_model_arg("a=imago/tiny-sd").unwrap(), parse_model_arg("a=imago/tiny-sdxl").unwrap()]).is_err());
+        assert!(check_unique_ids(&[
+            parse_model_arg("a=imago/tiny-sd").unwrap(),
+            parse_model_arg("a=imago/tiny-sdxl").unwrap()
+        ])
+        .is_err());
     }
 
     #[test]
     fn keys_file_parses_and_secrets_do_not_print() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.toml");
-        std::fs::write(&path, "[[keys]]\nname = \"alice\"\nkey = \"sk-123\"\nmodels = [\"imago/tiny-sd\"]\n").unwrap();
+        std::fs::write(
+            &path,
+            "[[keys]]\nname = \"alice\"\nkey = \"sk-123\"\nmodels = [\"imago/tiny-sd\"]\n",
+        )
+        .unwrap();
         let keys = read_keys_file(&path).unwrap();
-        assert_eq!(keys[0].models.as_deref(), Some(&["imago/tiny-sd".to_string()][..]));
+        assert_eq!(
+            keys[0].models.as_deref(),
+            Some(&["imago/tiny-sd".to_string()][..])
+        );
         assert!(!format!("{keys:?}").contains("sk-123"));
         std::fs::write(&path, "[[keys]]\nname = \"bob\"\nkey = \"\"\n").unwrap();
-        assert!(read_keys_file(&path).unwrap_err().to_string().contains("bob"));
+        assert!(read_keys_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("bob"));
         std::fs::write(&path, "[[keys]]\nname = \"bob\"\nsecret = \"x\"\n").unwrap();
         assert!(read_keys_file(&path).is_err());
     }

@@ -69,7 +69,9 @@ impl ApiError {
     /// The message clients see: internal details stay in the log.
     pub fn public_message(&self) -> String {
         match self {
-            Self::Internal(_) => "internal error while generating the image; the server log has the details".into(),
+            Self::Internal(_) => {
+                "internal error while generating the image; the server log has the details".into()
+            }
             other => other.to_string(),
         }
     }
@@ -121,7 +123,10 @@ impl ApiError {
 
     /// Logs what must be logged and pairs the error with its surface for the response.
     pub fn on(self, surface: Surface) -> ApiFailure {
-        ApiFailure { surface, error: self }
+        ApiFailure {
+            surface,
+            error: self,
+        }
     }
 }
 
@@ -138,7 +143,9 @@ impl IntoResponse for ApiFailure {
         match &self.error {
             ApiError::Internal(detail) => tracing::error!(%detail, "internal error"),
             ApiError::BadGateway(detail) => tracing::warn!(%detail, "generation did not complete"),
-            other if status.is_client_error() => tracing::info!(status = status.as_u16(), error = %other, "request refused"),
+            other if status.is_client_error() => {
+                tracing::info!(status = status.as_u16(), error = %other, "request refused")
+            }
             _ => {}
         }
         let mut response = (status, axum::Json(self.error.envelope(self.surface))).into_response();
@@ -172,12 +179,20 @@ mod tests {
         let err = ApiError::Internal("candle: shape mismatch in unet.conv_in".into());
         assert_eq!(err.status(), StatusCode::INTERNAL_SERVER_ERROR);
         let body = err.envelope(Surface::OpenAi).to_string();
-        assert!(!body.contains("candle") && !body.contains("conv_in"), "{body}");
+        assert!(
+            !body.contains("candle") && !body.contains("conv_in"),
+            "{body}"
+        );
     }
 
     #[test]
     fn queue_full_sets_retry_after() {
-        let response = ApiError::QueueFull { depth: 16, retry_after_s: 12 }.on(Surface::OpenRouter).into_response();
+        let response = ApiError::QueueFull {
+            depth: 16,
+            retry_after_s: 12,
+        }
+        .on(Surface::OpenRouter)
+        .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[header::RETRY_AFTER], "12");
     }

@@ -10,23 +10,46 @@ use crate::providers::{LocalProvider, Provider, Registry, ServedModel};
 
 /// Runs the server with `config` until a shutdown signal.
 pub async fn run(config: ServerConfig) -> Result<()> {
-    let engine_config = EngineConfig { device: config.device, dtype: config.dtype, max_queue: config.max_queue };
+    let engine_config = EngineConfig {
+        device: config.device,
+        dtype: config.dtype,
+        max_queue: config.max_queue,
+    };
     let (engine, caps) = Engine::start(engine_config, config.models.clone()).await?;
     let local = Provider::Local(LocalProvider::new(engine.clone()));
-    let registry = Registry::new(caps.into_iter().map(|caps| ServedModel { caps, provider: local.clone() }).collect());
+    let registry = Registry::new(
+        caps.into_iter()
+            .map(|caps| ServedModel {
+                caps,
+                provider: local.clone(),
+            })
+            .collect(),
+    );
     let auth = Auth::new(config.keys.clone());
     if auth.is_open() {
-        tracing::warn!("no --api-key or --api-keys-file: the API is open to anyone who can reach {}", config.addr);
+        tracing::warn!(
+            "no --api-key or --api-keys-file: the API is open to anyone who can reach {}",
+            config.addr
+        );
     }
-    let state = AppState::new(AppInner { registry, auth, limits: config.limits.clone(), engine: engine.clone() });
+    let state = AppState::new(AppInner {
+        registry,
+        auth,
+        limits: config.limits.clone(),
+        engine: engine.clone(),
+    });
     let app = build_app(state);
 
-    let listener = TcpListener::bind(config.addr).await.with_context(|| format!("cannot listen on {}", config.addr))?;
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.addr))?;
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port when --port 0 is used.
     println!("listening on http://{addr}");
     tracing::info!(%addr, models = ?config.models.iter().map(|m| &m.id).collect::<Vec<_>>(), "imago serving");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     tracing::info!("shutting down: finishing the running job");
     engine.shutdown().await;
     Ok(())

@@ -28,21 +28,43 @@ impl LatentPreview {
         for (i, row) in weights.iter_mut().enumerate().take(3) {
             row[i] = 0.25;
         }
-        Self { channels, weights, bias: [0.5; 3] }
+        Self {
+            channels,
+            weights,
+            bias: [0.5; 3],
+        }
     }
 
     /// Fits the map: decodes a seeded N(0, 1) latent (1, channels, 16, 16) with `decode` (latents in
     /// the UNet's space to images in [0, 1], NCHW), average-pools the image to the latent grid, and
     /// solves the least-squares problem for each colour.
-    pub fn fit(channels: usize, device: &Device, decode: impl Fn(&Tensor) -> Result<Tensor>) -> Result<Self> {
-        let latents = TorchGenerator::new(0).randn_tensor(&[1, channels, FIT_SIDE, FIT_SIDE], device, DType::F32)?;
-        let image = decode(&latents)?.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+    // Matrix code reads clearer with indices.
+    #[allow(clippy::needless_range_loop)]
+    pub fn fit(
+        channels: usize,
+        device: &Device,
+        decode: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<Self> {
+        let latents = TorchGenerator::new(0).randn_tensor(
+            &[1, channels, FIT_SIDE, FIT_SIDE],
+            device,
+            DType::F32,
+        )?;
+        let image = decode(&latents)?
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?;
         let (_, c, h, w) = image.dims4()?;
         if c != 3 || h % FIT_SIDE != 0 || w % FIT_SIDE != 0 {
-            return Err(ModelError::Unsupported(format!("cannot fit a latent preview to a {c}x{h}x{w} VAE output")));
+            return Err(ModelError::Unsupported(format!(
+                "cannot fit a latent preview to a {c}x{h}x{w} VAE output"
+            )));
         }
         let pooled = image.avg_pool2d((h / FIT_SIDE, w / FIT_SIDE))?;
-        let x = latents.to_device(&Device::Cpu)?.flatten_from(2)?.squeeze(0)?.to_vec2::<f32>()?; // (C, N)
+        let x = latents
+            .to_device(&Device::Cpu)?
+            .flatten_from(2)?
+            .squeeze(0)?
+            .to_vec2::<f32>()?; // (C, N)
         let y = pooled.flatten_from(2)?.squeeze(0)?.to_vec2::<f32>()?; // (3, N)
         let n = FIT_SIDE * FIT_SIDE;
         let k = channels + 1; // + bias
@@ -61,8 +83,13 @@ impl LatentPreview {
                 }
             }
         }
-        let solution = solve(xtx, xty).ok_or_else(|| ModelError::Unsupported("the latent preview fit is singular".into()))?;
-        Ok(Self { channels, weights: solution[..channels].to_vec(), bias: solution[channels] })
+        let solution = solve(xtx, xty)
+            .ok_or_else(|| ModelError::Unsupported("the latent preview fit is singular".into()))?;
+        Ok(Self {
+            channels,
+            weights: solution[..channels].to_vec(),
+            bias: solution[channels],
+        })
     }
 
     /// One small RGB image per batch item from latents (n, C, h, w): at latent resolution, scaled
@@ -71,7 +98,10 @@ impl LatentPreview {
         let latents = latents.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
         let (n, c, h, w) = latents.dims4()?;
         if c != self.channels {
-            return Err(ModelError::Unsupported(format!("preview fitted for {} channels, got {c}", self.channels)));
+            return Err(ModelError::Unsupported(format!(
+                "preview fitted for {} channels, got {c}",
+                self.channels
+            )));
         }
         let data = latents.flatten_all()?.to_vec1::<f32>()?;
         let scale = (MAX_PREVIEW_SIDE / h.max(w).max(1)).clamp(1, 8);
@@ -93,7 +123,12 @@ impl LatentPreview {
                 if scale == 1 {
                     small
                 } else {
-                    image::imageops::resize(&small, (w * scale) as u32, (h * scale) as u32, image::imageops::FilterType::Triangle)
+                    image::imageops::resize(
+                        &small,
+                        (w * scale) as u32,
+                        (h * scale) as u32,
+                        image::imageops::FilterType::Triangle,
+                    )
                 }
             })
             .map(Ok)
@@ -102,6 +137,7 @@ impl LatentPreview {
 }
 
 /// Gaussian elimination with partial pivoting for `a x = b` with three right-hand sides.
+#[allow(clippy::needless_range_loop)]
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<[f64; 3]>) -> Option<Vec<[f64; 3]>> {
     let k = a.len();
     for col in 0..k {
@@ -141,7 +177,12 @@ mod tests {
     /// A "VAE" that is exactly linear: the fit must recover its coefficients.
     #[test]
     fn recovers_a_linear_decoder() {
-        let weights = [[0.3f32, -0.1, 0.2], [0.05, 0.4, -0.3], [-0.2, 0.1, 0.1], [0.1, 0.0, 0.25]];
+        let weights = [
+            [0.3f32, -0.1, 0.2],
+            [0.05, 0.4, -0.3],
+            [-0.2, 0.1, 0.1],
+            [0.1, 0.0, 0.25],
+        ];
         let bias = [0.5f32, 0.45, 0.55];
         let decode = |z: &Tensor| -> Result<Tensor> {
             let (_, c, h, w) = z.dims4()?;
@@ -163,7 +204,11 @@ mod tests {
         let fitted = LatentPreview::fit(4, &Device::Cpu, decode).unwrap();
         for (ch, row) in fitted.weights.iter().enumerate() {
             for colour in 0..3 {
-                assert!((row[colour] - weights[ch][colour] as f64).abs() < 1e-5, "{:?}", fitted.weights);
+                assert!(
+                    (row[colour] - weights[ch][colour] as f64).abs() < 1e-5,
+                    "{:?}",
+                    fitted.weights
+                );
             }
         }
         assert!((fitted.bias[1] - 0.45).abs() < 1e-5);

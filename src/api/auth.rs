@@ -24,7 +24,9 @@ impl Caller {
     /// 403 when the key has an allow-list without this model.
     pub fn check_model(&self, model: &str) -> Result<(), ApiError> {
         match self.key.as_ref().and_then(|k| k.models.as_ref()) {
-            Some(allowed) if !allowed.iter().any(|m| m == model) => Err(ApiError::ModelNotAllowed(model.to_string())),
+            Some(allowed) if !allowed.iter().any(|m| m == model) => {
+                Err(ApiError::ModelNotAllowed(model.to_string()))
+            }
             _ => Ok(()),
         }
     }
@@ -46,7 +48,10 @@ impl Auth {
         let presented = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .ok_or(ApiError::Unauthorized)?;
         // Compare against every key without stopping early, so timing says nothing about which matched.
@@ -56,7 +61,9 @@ impl Auth {
                 found = Some(key.clone());
             }
         }
-        found.map(|key| Caller { key: Some(key) }).ok_or(ApiError::Unauthorized)
+        found
+            .map(|key| Caller { key: Some(key) })
+            .ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -74,16 +81,39 @@ mod tests {
     #[test]
     fn keys_are_checked_and_allow_lists_apply() {
         let auth = Auth::new(vec![
-            ApiKey { name: "a".into(), secret: Secret("k1".into()), models: None },
-            ApiKey { name: "b".into(), secret: Secret("k2".into()), models: Some(vec!["m1".into()]) },
+            ApiKey {
+                name: "a".into(),
+                secret: Secret("k1".into()),
+                models: None,
+            },
+            ApiKey {
+                name: "b".into(),
+                secret: Secret("k2".into()),
+                models: Some(vec!["m1".into()]),
+            },
         ]);
-        assert!(matches!(auth.authenticate(&HeaderMap::new()), Err(ApiError::Unauthorized)));
-        assert!(matches!(auth.authenticate(&headers("Bearer nope")), Err(ApiError::Unauthorized)));
-        assert!(matches!(auth.authenticate(&headers("k1")), Err(ApiError::Unauthorized)));
-        assert_eq!(auth.authenticate(&headers("Bearer k1")).unwrap().name(), "a");
+        assert!(matches!(
+            auth.authenticate(&HeaderMap::new()),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            auth.authenticate(&headers("Bearer nope")),
+            Err(ApiError::Unauthorized)
+        ));
+        assert!(matches!(
+            auth.authenticate(&headers("k1")),
+            Err(ApiError::Unauthorized)
+        ));
+        assert_eq!(
+            auth.authenticate(&headers("Bearer k1")).unwrap().name(),
+            "a"
+        );
         let b = auth.authenticate(&headers("Bearer k2")).unwrap();
         assert!(b.check_model("m1").is_ok());
-        assert!(matches!(b.check_model("m2"), Err(ApiError::ModelNotAllowed(_))));
+        assert!(matches!(
+            b.check_model("m2"),
+            Err(ApiError::ModelNotAllowed(_))
+        ));
         assert!(Auth::new(vec![]).authenticate(&HeaderMap::new()).is_ok());
     }
 }

@@ -10,10 +10,10 @@ use super::AppState;
 use crate::domain::request::{OutputFormat, ReferenceSource, ValidatedRequest};
 use crate::domain::seed::random_seed;
 use crate::engine::{EngineError, JobEvent, JobHandle, JobOutput};
-use axum::response::sse::Event;
 use crate::error::ApiError;
 use crate::imaging::{self, ImageFormat, ReferenceInput, ReferenceLimits};
 use crate::providers::Provider;
+use axum::response::sse::Event;
 
 /// One encoded output image.
 pub struct EncodedImage {
@@ -44,7 +44,10 @@ pub struct Submitted {
 }
 
 pub fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 pub fn image_format(format: OutputFormat) -> ImageFormat {
@@ -60,14 +63,20 @@ pub async fn submit(state: &AppState, request: &ValidatedRequest) -> Result<Subm
     let served = state
         .registry
         .get(&request.model)
-        .ok_or_else(|| ApiError::UnknownModel { model: request.model.clone(), available: state.registry.ids() })?;
+        .ok_or_else(|| ApiError::UnknownModel {
+            model: request.model.clone(),
+            available: state.registry.ids(),
+        })?;
     let reference = match &request.reference {
         None => None,
         Some(source) => Some(load_reference(state, source).await?),
     };
     let seed = request.seed.unwrap_or_else(random_seed);
     match &served.provider {
-        Provider::Local(local) => Ok(Submitted { job: local.submit(request, reference, seed)?, seed }),
+        Provider::Local(local) => Ok(Submitted {
+            job: local.submit(request, reference, seed)?,
+            seed,
+        }),
     }
 }
 
@@ -80,7 +89,9 @@ async fn load_reference(state: &AppState, source: &ReferenceSource) -> Result<Rg
         max_redirects: 5,
     };
     let input = match source {
-        ReferenceSource::DataUrl { media_type, bytes } => ReferenceInput::DataUrl { media_type, bytes },
+        ReferenceSource::DataUrl { media_type, bytes } => {
+            ReferenceInput::DataUrl { media_type, bytes }
+        }
         ReferenceSource::Url(url) => ReferenceInput::Url(url),
     };
     imaging::load_reference(input, &limits)
@@ -92,11 +103,15 @@ async fn load_reference(state: &AppState, source: &ReferenceSource) -> Result<Rg
 pub fn engine_error(err: EngineError) -> ApiError {
     match err {
         EngineError::Invalid(e) => match e {
-            imago_models::ModelError::InvalidInput { field, message } => ApiError::field(field, message),
+            imago_models::ModelError::InvalidInput { field, message } => {
+                ApiError::field(field, message)
+            }
             other => ApiError::Internal(other.to_string()),
         },
         EngineError::Cancelled => ApiError::BadGateway("the generation was cancelled".into()),
-        EngineError::Stopped => ApiError::BadGateway("the engine stopped before the generation completed".into()),
+        EngineError::Stopped => {
+            ApiError::BadGateway("the engine stopped before the generation completed".into())
+        }
         other => ApiError::Internal(other.to_string()),
     }
 }
@@ -105,12 +120,25 @@ pub fn engine_error(err: EngineError) -> ApiError {
 pub async fn encode(output: JobOutput, request: &ValidatedRequest) -> Result<Batch, ApiError> {
     let format = image_format(request.output_format);
     let compression = request.output_compression;
-    let JobOutput { images, seed, width, height, steps_run, prompt_truncated, prompt_tokens, timings, queue_time } = output;
+    let JobOutput {
+        images,
+        seed,
+        width,
+        height,
+        steps_run,
+        prompt_truncated,
+        prompt_tokens,
+        timings,
+        queue_time,
+    } = output;
     let encoded = tokio::task::spawn_blocking(move || {
         images
             .iter()
             .map(|img| {
-                imaging::encode_image(img, format, compression).map(|bytes| EncodedImage { bytes, media_type: format.media_type() })
+                imaging::encode_image(img, format, compression).map(|bytes| EncodedImage {
+                    bytes,
+                    media_type: format.media_type(),
+                })
             })
             .collect::<Result<Vec<_>, _>>()
     })
@@ -151,7 +179,12 @@ pub fn batch_headers(batch: &Batch) -> HeaderMap {
     put("x-imago-steps", batch.steps_run.to_string());
     put("x-queue-time-ms", batch.queue_time.as_millis().to_string());
     let t = batch.timings;
-    put("x-inference-time-ms", (t.text_encode + t.denoise + t.decode).as_millis().to_string());
+    put(
+        "x-inference-time-ms",
+        (t.text_encode + t.denoise + t.decode)
+            .as_millis()
+            .to_string(),
+    );
     if batch.prompt_truncated {
         put("x-imago-prompt-truncated", "true".into());
     }
@@ -167,12 +200,21 @@ pub struct UsageCounts {
 
 pub fn usage_counts(batch: &Batch, request: &ValidatedRequest) -> UsageCounts {
     let per_image = (batch.width.div_ceil(16) * batch.height.div_ceil(16)) as u64;
-    UsageCounts { prompt_tokens: batch.prompt_tokens as u64, image_tokens: per_image * request.n as u64 }
+    UsageCounts {
+        prompt_tokens: batch.prompt_tokens as u64,
+        image_tokens: per_image * request.n as u64,
+    }
 }
 
 /// How one API shape renders the events of a streaming generation.
 pub trait StreamRenderer: Send + Sync + 'static {
-    fn partial(&self, request: &ValidatedRequest, partial_image_index: u32, image_index: u32, image: &EncodedImage) -> Event;
+    fn partial(
+        &self,
+        request: &ValidatedRequest,
+        partial_image_index: u32,
+        image_index: u32,
+        image: &EncodedImage,
+    ) -> Event;
     fn completed(&self, batch: &Batch, request: &ValidatedRequest) -> Vec<Event>;
     fn error(&self, err: &ApiError) -> Event;
 }
@@ -201,15 +243,19 @@ pub fn event_stream<R: StreamRenderer>(
                 }
                 let mut running = job.take()?;
                 match running.events.recv().await {
-                    Some(JobEvent::Preview { partial_image_index, images }) => {
+                    Some(JobEvent::Preview {
+                        partial_image_index,
+                        images,
+                    }) => {
                         match encode_previews(images, &request).await {
-                            Ok(encoded) => queue.extend(
-                                encoded
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(i, img)| renderer.partial(&request, partial_image_index, i as u32, img)),
-                            ),
-                            Err(err) => tracing::warn!(error = %err, "preview encoding failed; preview skipped"),
+                            Ok(encoded) => {
+                                queue.extend(encoded.iter().enumerate().map(|(i, img)| {
+                                    renderer.partial(&request, partial_image_index, i as u32, img)
+                                }))
+                            }
+                            Err(err) => {
+                                tracing::warn!(error = %err, "preview encoding failed; preview skipped")
+                            }
                         }
                         job = Some(running);
                     }
@@ -229,7 +275,9 @@ pub fn event_stream<R: StreamRenderer>(
                     }
                     Some(_) => job = Some(running),
                     None => {
-                        queue.push_back(renderer.error(&ApiError::BadGateway("the engine stopped during the generation".into())));
+                        queue.push_back(renderer.error(&ApiError::BadGateway(
+                            "the engine stopped during the generation".into(),
+                        )));
                         queue.push_back(super::sse::done());
                     }
                 }
@@ -238,13 +286,21 @@ pub fn event_stream<R: StreamRenderer>(
     })
 }
 
-async fn encode_previews(images: Vec<RgbImage>, request: &ValidatedRequest) -> Result<Vec<EncodedImage>, ApiError> {
+async fn encode_previews(
+    images: Vec<RgbImage>,
+    request: &ValidatedRequest,
+) -> Result<Vec<EncodedImage>, ApiError> {
     let format = image_format(request.output_format);
     let compression = request.output_compression;
     tokio::task::spawn_blocking(move || {
         images
             .iter()
-            .map(|img| imaging::encode_image(img, format, compression).map(|bytes| EncodedImage { bytes, media_type: format.media_type() }))
+            .map(|img| {
+                imaging::encode_image(img, format, compression).map(|bytes| EncodedImage {
+                    bytes,
+                    media_type: format.media_type(),
+                })
+            })
             .collect::<Result<Vec<_>, _>>()
     })
     .await

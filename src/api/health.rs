@@ -24,7 +24,12 @@ fn status(state: &AppState, status: &'static str) -> HealthStatus {
         status,
         queue_depth: state.engine.queue_depth(),
         max_queue: state.engine.max_queue(),
-        models: state.registry.models().iter().map(|m| m.caps.id.clone()).collect(),
+        models: state
+            .registry
+            .models()
+            .iter()
+            .map(|m| m.caps.id.clone())
+            .collect(),
     }
 }
 
@@ -38,9 +43,12 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthStatus> {
 #[utoipa::path(get, path = "/ready", tag = "health", responses((status = 200, body = HealthStatus), (status = 503)))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     if state.engine.is_saturated() {
-        return ApiError::NotReady(format!("the generation queue is full ({} waiting)", state.engine.queue_depth()))
-            .on(Surface::Imago)
-            .into_response();
+        return ApiError::NotReady(format!(
+            "the generation queue is full ({} waiting)",
+            state.engine.queue_depth()
+        ))
+        .on(Surface::Imago)
+        .into_response();
     }
     Json(status(&state, "ready")).into_response()
 }

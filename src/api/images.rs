@@ -9,8 +9,9 @@ use axum::Json;
 
 use super::generate::{self, b64, usage_counts, Batch, EncodedImage, StreamRenderer};
 use super::wire::openrouter::{
-    ImageGenCompletedEvent, ImageGenPartialImageEvent, ImageGenStreamErrorEvent, ImageGenerationRequest, ImageGenerationResponse,
-    ImageGenerationResponseData, ImageGenerationUsage, ImageStreamEvent,
+    ImageGenCompletedEvent, ImageGenPartialImageEvent, ImageGenStreamErrorEvent,
+    ImageGenerationRequest, ImageGenerationResponse, ImageGenerationResponseData,
+    ImageGenerationUsage, ImageStreamEvent,
 };
 use super::{parse_json, sse, AppState};
 use crate::domain::request::{validate_openrouter, ValidatedRequest};
@@ -35,22 +36,34 @@ use crate::error::{ApiError, Surface};
     ),
     security(("bearer" = []))
 )]
-pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match handle(&state, &headers, body).await {
         Ok(response) => response,
         Err(err) => err.on(Surface::OpenRouter).into_response(),
     }
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let caller = state.auth.authenticate(headers)?;
     let request: ImageGenerationRequest = parse_json(body, state.limits.max_body_bytes)?;
-    let served = state.registry.get(&request.model).ok_or_else(|| ApiError::UnknownModel {
-        model: request.model.clone(),
-        available: state.registry.ids(),
-    })?;
+    let served = state
+        .registry
+        .get(&request.model)
+        .ok_or_else(|| ApiError::UnknownModel {
+            model: request.model.clone(),
+            available: state.registry.ids(),
+        })?;
     caller.check_model(&request.model)?;
-    let validated = validate_openrouter(&request, &served.caps).map_err(|e| ApiError::field(e.field, e.message))?;
+    let validated = validate_openrouter(&request, &served.caps)
+        .map_err(|e| ApiError::field(e.field, e.message))?;
     tracing::info!(
         caller = caller.name(),
         model = %validated.model,
@@ -80,7 +93,9 @@ fn response_body(batch: &Batch, request: &ValidatedRequest) -> ImageGenerationRe
         data: batch
             .images
             .iter()
-            .map(|img| ImageGenerationResponseData::new(b64(&img.bytes), img.media_type, batch.seed))
+            .map(|img| {
+                ImageGenerationResponseData::new(b64(&img.bytes), img.media_type, batch.seed)
+            })
             .collect(),
         usage: Some(usage(batch, request)),
     }
@@ -102,7 +117,13 @@ async fn stream(state: &AppState, request: ValidatedRequest) -> Result<Response,
 struct OpenRouterEvents;
 
 impl StreamRenderer for OpenRouterEvents {
-    fn partial(&self, _request: &ValidatedRequest, partial_image_index: u32, image_index: u32, image: &EncodedImage) -> Event {
+    fn partial(
+        &self,
+        _request: &ValidatedRequest,
+        partial_image_index: u32,
+        image_index: u32,
+        image: &EncodedImage,
+    ) -> Event {
         let event = ImageStreamEvent::PartialImage(ImageGenPartialImageEvent {
             b64_json: b64(&image.bytes),
             partial_image_index,
@@ -133,7 +154,10 @@ impl StreamRenderer for OpenRouterEvents {
     }
 
     fn error(&self, err: &ApiError) -> Event {
-        let event = ImageStreamEvent::Error(ImageGenStreamErrorEvent::new(err.public_message(), err.status().as_u16().to_string()));
+        let event = ImageStreamEvent::Error(ImageGenStreamErrorEvent::new(
+            err.public_message(),
+            err.status().as_u16().to_string(),
+        ));
         sse::event(event.event_name(), &event)
     }
 }

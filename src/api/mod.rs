@@ -61,8 +61,14 @@ pub fn build_app(state: AppState) -> Router {
     Router::new()
         .route("/api/v1/images", post(images::create))
         .route("/api/v1/images/models", get(models::openrouter_list))
-        .route("/api/v1/images/models/{author}/{slug}/endpoints", get(models::openrouter_endpoints))
-        .route("/api/v1/images/models/{slug}/endpoints", get(models::openrouter_endpoints_unscoped))
+        .route(
+            "/api/v1/images/models/{author}/{slug}/endpoints",
+            get(models::openrouter_endpoints),
+        )
+        .route(
+            "/api/v1/images/models/{slug}/endpoints",
+            get(models::openrouter_endpoints_unscoped),
+        )
         .route("/v1/images/generations", post(openai::create))
         .route("/v1/models", get(models::openai_list))
         .route("/health", get(health::health))
@@ -75,12 +81,21 @@ pub fn build_app(state: AppState) -> Router {
 }
 
 async fn no_route(uri: Uri) -> Response {
-    let surface = if uri.path().starts_with("/v1/") { Surface::OpenAi } else { Surface::OpenRouter };
-    ApiError::NoRoute(uri.path().to_string()).on(surface).into_response()
+    let surface = if uri.path().starts_with("/v1/") {
+        Surface::OpenAi
+    } else {
+        Surface::OpenRouter
+    };
+    ApiError::NoRoute(uri.path().to_string())
+        .on(surface)
+        .into_response()
 }
 
 /// Parses a JSON body: 413 past the body limit, 400 naming the field serde could not accept.
-pub fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<T, ApiError> {
+pub fn parse_json<T: DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
     let bytes = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::BodyTooLarge { limit }

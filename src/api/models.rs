@@ -7,19 +7,27 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::wire::openai::{Model, ModelList};
+use super::wire::openrouter::{AspectRatio, Resolution};
 use super::wire::openrouter::{
-    CapabilityDescriptor, ImageEndpoint, ImageModelArchitecture, ImageModelEndpointsResponse, ImageModelListItem,
-    ImageModelsListResponse, ImagePricingEntry,
+    CapabilityDescriptor, ImageEndpoint, ImageModelArchitecture, ImageModelEndpointsResponse,
+    ImageModelListItem, ImageModelsListResponse, ImagePricingEntry,
 };
 use super::AppState;
 use crate::domain::caps::ModelCaps;
-use crate::domain::size::{ASPECT_RATIOS, RESOLUTION_TIERS};
+use crate::domain::size::resolution_side;
 use crate::error::{ApiError, Surface};
 use crate::providers::ServedModel;
 
 /// Keys of `provider.options.local`.
-pub const LOCAL_OPTIONS: &[&str] =
-    &["steps", "guidance_scale", "negative_prompt", "scheduler", "strength", "partial_images", "preview"];
+pub const LOCAL_OPTIONS: &[&str] = &[
+    "steps",
+    "guidance_scale",
+    "negative_prompt",
+    "scheduler",
+    "strength",
+    "partial_images",
+    "preview",
+];
 
 /// What a model accepts, as OpenRouter's capability descriptors.
 pub fn supported_parameters(caps: &ModelCaps) -> BTreeMap<String, CapabilityDescriptor> {
@@ -27,13 +35,19 @@ pub fn supported_parameters(caps: &ModelCaps) -> BTreeMap<String, CapabilityDesc
     let mut put = |k: &str, d: CapabilityDescriptor| {
         p.insert(k.to_string(), d);
     };
-    put("aspect_ratio", CapabilityDescriptor::values(ASPECT_RATIOS.iter().copied()));
-    let tiers: Vec<&str> = RESOLUTION_TIERS
+    put(
+        "aspect_ratio",
+        CapabilityDescriptor::values(AspectRatio::ALL.iter().map(|r| r.as_str())),
+    );
+    let tiers: Vec<&str> = Resolution::ALL
         .iter()
-        .filter(|(_, side)| *side >= caps.min_side && *side <= caps.max_side)
-        .map(|(name, _)| *name)
+        .filter(|r| (caps.min_side..=caps.max_side).contains(&resolution_side(**r)))
+        .map(|r| r.as_str())
         .collect();
-    put("resolution", CapabilityDescriptor::values(tiers.iter().copied()));
+    put(
+        "resolution",
+        CapabilityDescriptor::values(tiers.iter().copied()),
+    );
     let mut sizes: Vec<String> = tiers.iter().map(|t| t.to_string()).collect();
     sizes.extend(
         [512usize, 768, 1024, 1536, 2048]
@@ -44,20 +58,51 @@ pub fn supported_parameters(caps: &ModelCaps) -> BTreeMap<String, CapabilityDesc
     put("size", CapabilityDescriptor::values(sizes));
     put("n", CapabilityDescriptor::range(1.0, caps.max_n as f64));
     put("seed", CapabilityDescriptor::range(0.0, u64::MAX as f64));
-    put("quality", CapabilityDescriptor::values(["auto", "low", "medium", "high", "xhigh", "max"]));
-    put("output_format", CapabilityDescriptor::values(["png", "jpeg", "webp"]));
-    put("output_compression", CapabilityDescriptor::range(0.0, 100.0));
-    let backgrounds: &[&str] = if caps.supports_transparent { &["auto", "opaque", "transparent"] } else { &["auto", "opaque"] };
-    put("background", CapabilityDescriptor::values(backgrounds.iter().copied()));
-    put("input_references", CapabilityDescriptor::range(0.0, caps.max_references as f64));
+    put(
+        "quality",
+        CapabilityDescriptor::values(["auto", "low", "medium", "high", "xhigh", "max"]),
+    );
+    put(
+        "output_format",
+        CapabilityDescriptor::values(["png", "jpeg", "webp"]),
+    );
+    put(
+        "output_compression",
+        CapabilityDescriptor::range(0.0, 100.0),
+    );
+    let backgrounds: &[&str] = if caps.supports_transparent {
+        &["auto", "opaque", "transparent"]
+    } else {
+        &["auto", "opaque"]
+    };
+    put(
+        "background",
+        CapabilityDescriptor::values(backgrounds.iter().copied()),
+    );
+    put(
+        "input_references",
+        CapabilityDescriptor::range(0.0, caps.max_references as f64),
+    );
     put("stream", CapabilityDescriptor::Boolean);
-    put("steps", CapabilityDescriptor::range(1.0, caps.max_steps as f64));
+    put(
+        "steps",
+        CapabilityDescriptor::range(1.0, caps.max_steps as f64),
+    );
     put("guidance_scale", CapabilityDescriptor::range(0.0, 30.0));
     put("negative_prompt", CapabilityDescriptor::Boolean);
-    put("scheduler", CapabilityDescriptor::values(caps.schedulers.iter().cloned()));
+    put(
+        "scheduler",
+        CapabilityDescriptor::values(caps.schedulers.iter().cloned()),
+    );
     put("strength", CapabilityDescriptor::range(0.0, 1.0));
-    put("width", CapabilityDescriptor::range(caps.min_side as f64, caps.max_side as f64));
-    put("height", CapabilityDescriptor::range(caps.min_side as f64, caps.max_side as f64));
+    put(
+        "width",
+        CapabilityDescriptor::range(caps.min_side as f64, caps.max_side as f64),
+    );
+    put(
+        "height",
+        CapabilityDescriptor::range(caps.min_side as f64, caps.max_side as f64),
+    );
     p
 }
 
@@ -87,7 +132,10 @@ pub async fn openrouter_list(State(state): State<AppState>, headers: HeaderMap) 
     if let Err(err) = state.auth.authenticate(&headers) {
         return err.on(Surface::OpenRouter).into_response();
     }
-    Json(ImageModelsListResponse { data: state.registry.models().iter().map(list_item).collect() }).into_response()
+    Json(ImageModelsListResponse {
+        data: state.registry.models().iter().map(list_item).collect(),
+    })
+    .into_response()
 }
 
 /// The providers serving one model (`author/slug`).
@@ -95,12 +143,20 @@ pub async fn openrouter_list(State(state): State<AppState>, headers: HeaderMap) 
     params(("author" = String, Path), ("slug" = String, Path)),
     responses((status = 200, body = ImageModelEndpointsResponse), (status = 404, body = super::wire::openrouter::ErrorResponse)),
     security(("bearer" = [])))]
-pub async fn openrouter_endpoints(State(state): State<AppState>, headers: HeaderMap, Path((author, slug)): Path<(String, String)>) -> Response {
+pub async fn openrouter_endpoints(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path((author, slug)): Path<(String, String)>,
+) -> Response {
     endpoints(&state, &headers, &format!("{author}/{slug}"))
 }
 
 /// The same for a model id without an author (a folder's name).
-pub async fn openrouter_endpoints_unscoped(State(state): State<AppState>, headers: HeaderMap, Path(slug): Path<String>) -> Response {
+pub async fn openrouter_endpoints_unscoped(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(slug): Path<String>,
+) -> Response {
     endpoints(&state, &headers, &slug)
 }
 
@@ -110,11 +166,17 @@ fn endpoints(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
         let model = state
             .registry
             .get(id)
-            .ok_or_else(|| ApiError::UnknownModel { model: id.to_string(), available: state.registry.ids() })?;
+            .ok_or_else(|| ApiError::UnknownModel {
+                model: id.to_string(),
+                available: state.registry.ids(),
+            })?;
         Ok::<_, ApiError>(ImageModelEndpointsResponse {
             id: id.to_string(),
             endpoints: vec![ImageEndpoint {
-                allowed_passthrough_parameters: LOCAL_OPTIONS.iter().map(|s| s.to_string()).collect(),
+                allowed_passthrough_parameters: LOCAL_OPTIONS
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect(),
                 pricing: vec![ImagePricingEntry::free_output_image()],
                 provider_name: "imago local engine".into(),
                 provider_slug: model.provider.slug().into(),
@@ -138,6 +200,11 @@ pub async fn openai_list(State(state): State<AppState>, headers: HeaderMap) -> R
     if let Err(err) = state.auth.authenticate(&headers) {
         return err.on(Surface::OpenAi).into_response();
     }
-    let data = state.registry.models().iter().map(|m| Model::new(m.caps.id.clone(), m.caps.created, "imago")).collect();
+    let data = state
+        .registry
+        .models()
+        .iter()
+        .map(|m| Model::new(m.caps.id.clone(), m.caps.created, "imago"))
+        .collect();
     Json(ModelList::new(data)).into_response()
 }

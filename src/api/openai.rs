@@ -9,9 +9,9 @@ use axum::Json;
 
 use super::generate::{self, b64, usage_counts, Batch, EncodedImage, StreamRenderer};
 use super::wire::openai::{
-    Background, ErrorResponse, EventQuality, Image, ImageGenCompletedEvent, ImageGenPartialImageEvent, ImageGenStreamEvent,
-    ImageGenerateRequest,
-    ImagesResponse, ResponseBackground, ResponseOutputFormat, ResponseQuality, Usage,
+    Background, ErrorResponse, EventQuality, Image, ImageGenCompletedEvent,
+    ImageGenPartialImageEvent, ImageGenStreamEvent, ImageGenerateRequest, ImagesResponse,
+    ResponseBackground, ResponseOutputFormat, ResponseQuality, Usage,
 };
 use super::{parse_json, sse, AppState};
 use crate::domain::request::{self as domain, validate_openai, OutputFormat, ValidatedRequest};
@@ -35,22 +35,42 @@ use crate::error::{ApiError, Surface};
     ),
     security(("bearer" = []))
 )]
-pub async fn create(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     match handle(&state, &headers, body).await {
         Ok(response) => response,
         Err(err) => err.on(Surface::OpenAi).into_response(),
     }
 }
 
-async fn handle(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+async fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
     let caller = state.auth.authenticate(headers)?;
     let request: ImageGenerateRequest = parse_json(body, state.limits.max_body_bytes)?;
-    let served = state.registry.get(&request.model).ok_or_else(|| ApiError::UnknownModel {
-        model: request.model.clone(),
-        available: state.registry.ids(),
-    })?;
-    caller.check_model(&request.model)?;
-    let validated = validate_openai(&request, &served.caps).map_err(|e| ApiError::field(e.field, e.message))?;
+    // `model` is optional in OpenAI's API: without one, the first served model answers.
+    let served = match &request.model {
+        Some(model) => state
+            .registry
+            .get(model)
+            .ok_or_else(|| ApiError::UnknownModel {
+                model: model.clone(),
+                available: state.registry.ids(),
+            })?,
+        None => state
+            .registry
+            .models()
+            .first()
+            .ok_or_else(|| ApiError::NotReady("no model is loaded".into()))?,
+    };
+    caller.check_model(&served.caps.id)?;
+    let validated =
+        validate_openai(&request, &served.caps).map_err(|e| ApiError::field(e.field, e.message))?;
     tracing::info!(
         caller = caller.name(),
         model = %validated.model,
@@ -71,7 +91,11 @@ async fn handle(state: &AppState, headers: &HeaderMap, body: Result<Bytes, Bytes
     let batch = generate::generate(state, &validated).await?;
     let body = ImagesResponse {
         created: batch.created,
-        data: batch.images.iter().map(|img| Image::new(b64(&img.bytes), batch.seed)).collect(),
+        data: batch
+            .images
+            .iter()
+            .map(|img| Image::new(b64(&img.bytes), batch.seed))
+            .collect(),
         usage: Some(usage(&batch, &validated)),
         background: Some(ResponseBackground::Opaque),
         output_format: Some(output_format(validated.output_format)),
@@ -97,7 +121,9 @@ fn output_format(format: OutputFormat) -> ResponseOutputFormat {
 fn response_quality(quality: Option<domain::Quality>) -> ResponseQuality {
     match quality {
         Some(domain::Quality::Low) => ResponseQuality::Low,
-        Some(domain::Quality::High) | Some(domain::Quality::Xhigh) | Some(domain::Quality::Max) => ResponseQuality::High,
+        Some(domain::Quality::High) | Some(domain::Quality::Xhigh) | Some(domain::Quality::Max) => {
+            ResponseQuality::High
+        }
         _ => ResponseQuality::Medium,
     }
 }
@@ -106,7 +132,9 @@ fn event_quality(quality: Option<domain::Quality>) -> EventQuality {
     match quality {
         Some(domain::Quality::Low) => EventQuality::Low,
         Some(domain::Quality::Medium) => EventQuality::Medium,
-        Some(domain::Quality::High) | Some(domain::Quality::Xhigh) | Some(domain::Quality::Max) => EventQuality::High,
+        Some(domain::Quality::High) | Some(domain::Quality::Xhigh) | Some(domain::Quality::Max) => {
+            EventQuality::High
+        }
         _ => EventQuality::Auto,
     }
 }
@@ -114,7 +142,13 @@ fn event_quality(quality: Option<domain::Quality>) -> EventQuality {
 struct OpenAiEvents;
 
 impl StreamRenderer for OpenAiEvents {
-    fn partial(&self, request: &ValidatedRequest, partial_image_index: u32, image_index: u32, image: &EncodedImage) -> Event {
+    fn partial(
+        &self,
+        request: &ValidatedRequest,
+        partial_image_index: u32,
+        image_index: u32,
+        image: &EncodedImage,
+    ) -> Event {
         let event = ImageGenStreamEvent::PartialImage(ImageGenPartialImageEvent {
             b64_json: b64(&image.bytes),
             background: Background::Opaque,
@@ -152,7 +186,12 @@ impl StreamRenderer for OpenAiEvents {
     }
 
     fn error(&self, err: &ApiError) -> Event {
-        let event = ImageGenStreamEvent::Error(ErrorResponse::new(err.public_message(), "server_error", None, None));
+        let event = ImageGenStreamEvent::Error(ErrorResponse::new(
+            err.public_message(),
+            "server_error",
+            None,
+            None,
+        ));
         sse::event(event.event_name(), &event)
     }
 }

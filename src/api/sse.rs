@@ -15,9 +15,9 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub fn event<T: Serialize>(kind: &str, payload: &T) -> Event {
     match serde_json::to_string(payload) {
         Ok(json) => Event::default().event(kind).data(json),
-        Err(e) => Event::default()
-            .event("error")
-            .data(format!(r#"{{"type":"error","error":{{"code":500,"message":"cannot serialise event: {e}"}}}}"#)),
+        Err(e) => Event::default().event("error").data(format!(
+            r#"{{"type":"error","error":{{"code":500,"message":"cannot serialise event: {e}"}}}}"#
+        )),
     }
 }
 
@@ -32,10 +32,18 @@ pub fn response<S>(stream: S, headers: axum::http::HeaderMap) -> Response
 where
     S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
 {
-    let mut response = Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE)).into_response();
+    let mut response = Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response();
     let h = response.headers_mut();
-    h.insert(HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no"));
-    h.insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(
+        HeaderName::from_static("x-accel-buffering"),
+        HeaderValue::from_static("no"),
+    );
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache"),
+    );
     h.extend(headers);
     response
 }

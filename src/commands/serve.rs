@@ -8,7 +8,9 @@ use crate::config::{self, ApiKey, Limits, ServerConfig};
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let config = server_config(args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(crate::server::run(config))
 }
 
@@ -16,14 +18,21 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
     let models = if args.models.is_empty() {
         config::default_models()
     } else {
-        args.models.iter().map(|m| config::parse_model_arg(m)).collect::<Result<Vec<_>>>()?
+        args.models
+            .iter()
+            .map(|m| config::parse_model_arg(m))
+            .collect::<Result<Vec<_>>>()?
     };
     config::check_unique_ids(&models)?;
     let mut keys: Vec<ApiKey> = args
         .api_keys
         .into_iter()
         .enumerate()
-        .map(|(i, secret)| ApiKey { name: format!("key-{i}"), secret, models: None })
+        .map(|(i, secret)| ApiKey {
+            name: format!("key-{i}"),
+            secret,
+            models: None,
+        })
         .collect();
     if let Some(path) = &args.api_keys_file {
         keys.extend(config::read_keys_file(path)?);
@@ -35,6 +44,10 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         device: args.device,
         dtype: args.dtype,
         max_queue: args.max_queue,
-        limits: Limits { max_body_bytes: args.max_body_bytes, allow_private_urls: args.allow_private_urls, ..Limits::default() },
+        limits: Limits {
+            max_body_bytes: args.max_body_bytes,
+            allow_private_urls: args.allow_private_urls,
+            ..Limits::default()
+        },
     })
 }

@@ -27,7 +27,11 @@ pub fn caps_for(id: &str, model: &LoadedModel) -> ModelCaps {
             let d = defaults.steps;
             (
                 id.to_string(),
-                format!("{} model loaded from {}", model.family().as_str(), model.location),
+                format!(
+                    "{} model loaded from {}",
+                    model.family().as_str(),
+                    model.location
+                ),
                 multiple * 8,
                 UNSPECIFIED_MAX_SIDE,
                 UNSPECIFIED_MAX_STEPS,
@@ -42,7 +46,10 @@ pub fn caps_for(id: &str, model: &LoadedModel) -> ModelCaps {
             )
         }
     };
-    let schedulers: Vec<String> = SchedulerChoice::NAMES.iter().map(|(n, _, _)| n.to_string()).collect();
+    let schedulers: Vec<String> = SchedulerChoice::NAMES
+        .iter()
+        .map(|(n, _, _)| n.to_string())
+        .collect();
     ModelCaps {
         id: id.to_string(),
         name,
@@ -61,6 +68,9 @@ pub fn caps_for(id: &str, model: &LoadedModel) -> ModelCaps {
         max_references: 1,
         max_n: MAX_BATCH,
         supports_transparent: false,
-        created: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
     }
 }

@@ -36,7 +36,11 @@ pub struct ModelToLoad {
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("cannot load model {id} from {source_desc}: {message}")]
-    Load { id: String, source_desc: String, message: String },
+    Load {
+        id: String,
+        source_desc: String,
+        message: String,
+    },
     #[error("the queue is full ({depth} jobs waiting)")]
     QueueFull { depth: usize },
     #[error("no model {0} is loaded")]
@@ -71,10 +75,18 @@ pub struct JobOutput {
 /// caller is slow), then exactly one `Finished`.
 #[derive(Debug)]
 pub enum JobEvent {
-    Started { queue_time: Duration },
-    Step { step: usize, total: usize },
+    Started {
+        queue_time: Duration,
+    },
+    Step {
+        step: usize,
+        total: usize,
+    },
     /// The predicted clean image after a step, one small picture per batch item.
-    Preview { partial_image_index: u32, images: Vec<RgbImage> },
+    Preview {
+        partial_image_index: u32,
+        images: Vec<RgbImage>,
+    },
     Finished(Result<JobOutput, EngineError>),
 }
 
@@ -130,7 +142,10 @@ const EVENT_CAPACITY: usize = 64;
 impl Engine {
     /// Starts the engine thread, loads `models` on it, and returns once they are loaded (or the
     /// first one failed) with their capabilities.
-    pub async fn start(config: EngineConfig, models: Vec<ModelToLoad>) -> Result<(Self, Vec<ModelCaps>), EngineError> {
+    pub async fn start(
+        config: EngineConfig,
+        models: Vec<ModelToLoad>,
+    ) -> Result<(Self, Vec<ModelCaps>), EngineError> {
         // The channel holds the waiting jobs; the running one has already been taken out.
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(config.max_queue.max(1));
         let (ready_tx, ready_rx) = oneshot::channel();
@@ -155,7 +170,12 @@ impl Engine {
 
     /// Queues a job with `partial_images` previews; refused at once when `max_queue` jobs are
     /// already waiting.
-    pub fn submit(&self, model: &str, request: GenerationRequest, partial_images: usize) -> Result<JobHandle, EngineError> {
+    pub fn submit(
+        &self,
+        model: &str,
+        request: GenerationRequest,
+        partial_images: usize,
+    ) -> Result<JobHandle, EngineError> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
         let job = Job {
@@ -169,11 +189,16 @@ impl Engine {
         };
         self.waiting.fetch_add(1, Ordering::SeqCst);
         match self.jobs.try_send(job) {
-            Ok(()) => Ok(JobHandle { events: events_rx, cancel }),
+            Ok(()) => Ok(JobHandle {
+                events: events_rx,
+                cancel,
+            }),
             Err(err) => {
                 self.waiting.fetch_sub(1, Ordering::SeqCst);
                 match err {
-                    mpsc::error::TrySendError::Full(_) => Err(EngineError::QueueFull { depth: self.queue_depth() }),
+                    mpsc::error::TrySendError::Full(_) => Err(EngineError::QueueFull {
+                        depth: self.queue_depth(),
+                    }),
                     mpsc::error::TrySendError::Closed(_) => Err(EngineError::Stopped),
                 }
             }

@@ -26,7 +26,10 @@ pub(super) fn run(
             return;
         }
     };
-    let caps = models.iter().filter_map(|m| loaded.get(&m.id).map(|model| caps_for(&m.id, model))).collect();
+    let caps = models
+        .iter()
+        .filter_map(|m| loaded.get(&m.id).map(|model| caps_for(&m.id, model)))
+        .collect();
     if ready.send(Ok(caps)).is_err() {
         return;
     }
@@ -55,7 +58,10 @@ pub(super) fn run(
     tracing::info!("engine queue closed; engine thread exits");
 }
 
-fn load_all(config: &EngineConfig, models: &[ModelToLoad]) -> Result<HashMap<String, LoadedModel>, EngineError> {
+fn load_all(
+    config: &EngineConfig,
+    models: &[ModelToLoad],
+) -> Result<HashMap<String, LoadedModel>, EngineError> {
     let device = config.device.open().map_err(|e| EngineError::Load {
         id: "*".into(),
         source_desc: format!("device {}", config.device),
@@ -64,10 +70,12 @@ fn load_all(config: &EngineConfig, models: &[ModelToLoad]) -> Result<HashMap<Str
     let mut loaded = HashMap::new();
     for m in models {
         let started = std::time::Instant::now();
-        let model = LoadedModel::load_on(&m.source, &device, config.dtype).map_err(|e| EngineError::Load {
-            id: m.id.clone(),
-            source_desc: m.source.clone(),
-            message: e.to_string(),
+        let model = LoadedModel::load_on(&m.source, &device, config.dtype).map_err(|e| {
+            EngineError::Load {
+                id: m.id.clone(),
+                source_desc: m.source.clone(),
+                message: e.to_string(),
+            }
         })?;
         tracing::info!(model = %m.id, from = %model.location, ms = started.elapsed().as_millis() as u64, "model loaded");
         loaded.insert(m.id.clone(), model);
@@ -75,10 +83,22 @@ fn load_all(config: &EngineConfig, models: &[ModelToLoad]) -> Result<HashMap<Str
     Ok(loaded)
 }
 
-fn run_job(model: &LoadedModel, job: &Job, queue_time: std::time::Duration) -> Result<JobOutput, EngineError> {
-    let mut observer = JobObserver { cancel: &job.cancel, events: &job.events, model, partial_images: job.partial_images, sent: 0 };
+fn run_job(
+    model: &LoadedModel,
+    job: &Job,
+    queue_time: std::time::Duration,
+) -> Result<JobOutput, EngineError> {
+    let mut observer = JobObserver {
+        cancel: &job.cancel,
+        events: &job.events,
+        model,
+        partial_images: job.partial_images,
+        sent: 0,
+    };
     // A panic inside candle must fail this job, not the thread that serves everyone.
-    let outcome = catch_unwind(AssertUnwindSafe(|| model.generate(&job.request, &mut observer)));
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        model.generate(&job.request, &mut observer)
+    }));
     match outcome {
         Ok(Ok(generation)) => Ok(JobOutput {
             images: generation.images,
@@ -100,7 +120,9 @@ fn run_job(model: &LoadedModel, job: &Job, queue_time: std::time::Duration) -> R
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_else(|| "unknown panic".into());
-            Err(EngineError::Failed(format!("panic in the engine: {message}")))
+            Err(EngineError::Failed(format!(
+                "panic in the engine: {message}"
+            )))
         }
     }
 }
@@ -116,19 +138,33 @@ struct JobObserver<'a> {
 /// The steps after which previews go out: `n` spread evenly over `total`, the last one after the
 /// final step (before the VAE decode); fewer when there are fewer steps than previews.
 pub(super) fn preview_steps(total: usize, n: usize) -> Vec<usize> {
-    let mut steps: Vec<usize> = (1..=n).map(|k| (k * total).div_ceil(n).saturating_sub(1)).collect();
+    let mut steps: Vec<usize> = (1..=n)
+        .map(|k| (k * total).div_ceil(n).saturating_sub(1))
+        .collect();
     steps.dedup();
     steps
 }
 
 impl StepObserver for JobObserver<'_> {
     fn on_step(&mut self, progress: &StepProgress<'_>) -> ControlFlow<()> {
-        let _ = self.events.try_send(JobEvent::Step { step: progress.step, total: progress.total });
-        if self.partial_images > 0 && preview_steps(progress.total, self.partial_images).contains(&progress.step) {
+        let _ = self.events.try_send(JobEvent::Step {
+            step: progress.step,
+            total: progress.total,
+        });
+        if self.partial_images > 0
+            && preview_steps(progress.total, self.partial_images).contains(&progress.step)
+        {
             // The projection is a few multiply-adds per latent cell; encoding happens off this thread.
             match self.model.preview().render(progress.predicted_x0) {
                 Ok(images) => {
-                    if self.events.try_send(JobEvent::Preview { partial_image_index: self.sent, images }).is_ok() {
+                    if self
+                        .events
+                        .try_send(JobEvent::Preview {
+                            partial_image_index: self.sent,
+                            images,
+                        })
+                        .is_ok()
+                    {
                         self.sent += 1;
                     } else {
                         tracing::debug!("preview dropped: the client is not keeping up");

@@ -23,7 +23,12 @@ impl LocalProvider {
     }
 
     /// Queues the generation; `seed` is the request's or one drawn for it.
-    pub fn submit(&self, request: &ValidatedRequest, reference: Option<RgbImage>, seed: u64) -> Result<JobHandle, ApiError> {
+    pub fn submit(
+        &self,
+        request: &ValidatedRequest,
+        reference: Option<RgbImage>,
+        seed: u64,
+    ) -> Result<JobHandle, ApiError> {
         let job = GenerationRequest {
             prompt: request.prompt.clone(),
             negative_prompt: request.negative_prompt.clone(),
@@ -34,18 +39,27 @@ impl LocalProvider {
             height: request.height,
             batch_size: request.n,
             scheduler: request.scheduler,
-            init_image: reference.map(|image| InitImage { image, strength: request.strength }),
+            init_image: reference.map(|image| InitImage {
+                image,
+                strength: request.strength,
+            }),
         };
         // Previews exist only on streams.
-        let partial_images = if request.stream { request.partial_images as usize } else { 0 };
-        self.engine.submit(&request.model, job, partial_images).map_err(|err| match err {
-            EngineError::QueueFull { depth } => ApiError::QueueFull {
-                depth,
-                // One job ahead of each waiting one; a coarse but honest hint.
-                retry_after_s: (depth as u64 + 1).clamp(1, 60),
-            },
-            EngineError::Stopped => ApiError::NotReady("the engine has stopped".into()),
-            other => ApiError::Internal(other.to_string()),
-        })
+        let partial_images = if request.stream {
+            request.partial_images as usize
+        } else {
+            0
+        };
+        self.engine
+            .submit(&request.model, job, partial_images)
+            .map_err(|err| match err {
+                EngineError::QueueFull { depth } => ApiError::QueueFull {
+                    depth,
+                    // One job ahead of each waiting one; a coarse but honest hint.
+                    retry_after_s: (depth as u64 + 1).clamp(1, 60),
+                },
+                EngineError::Stopped => ApiError::NotReady("the engine has stopped".into()),
+                other => ApiError::Internal(other.to_string()),
+            })
     }
 }

@@ -28,6 +28,10 @@ impl Registry {
 
     /// The ids, for "unknown model" messages.
     pub fn ids(&self) -> String {
-        self.models.iter().map(|m| m.caps.id.as_str()).collect::<Vec<_>>().join(", ")
+        self.models
+            .iter()
+            .map(|m| m.caps.id.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }

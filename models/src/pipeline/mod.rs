@@ -167,6 +167,13 @@ impl LoadedModel {
         }
     }
 
+    /// The cheap latent-to-RGB preview map of this model.
+    pub fn preview(&self) -> &crate::preview::LatentPreview {
+        match &self.pipeline {
+            DiffusionPipeline::StableDiffusion(sd) => sd.preview(),
+        }
+    }
+
     pub fn generate(
         &self,
         request: &GenerationRequest,

@@ -327,6 +327,9 @@ impl StableDiffusionPipeline {
 
         let prompt =
             self.encode_prompt(&request.prompt, request.negative_prompt.as_deref(), n, cfg)?;
+        let tokenizer = &self.text.tokenizer;
+        let prompt_tokens =
+            (tokenizer.token_ids(&request.prompt).len() + 2).min(tokenizer.model_max_length());
         let added = self.added_conditions(&prompt, request.width, request.height)?;
         let text_encode = started.elapsed();
 
