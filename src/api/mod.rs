@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, shared state, body parsing. It reaches the engine only through the
 //! providers and never imports candle.
 pub mod auth;
+pub mod edits;
 pub mod generate;
 pub mod health;
 pub mod images;
@@ -70,6 +71,7 @@ pub fn build_app(state: AppState) -> Router {
             get(models::openrouter_endpoints_unscoped),
         )
         .route("/v1/images/generations", post(openai::create))
+        .route("/v1/images/edits", post(edits::create))
         .route("/v1/models", get(models::openai_list))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))

@@ -9,7 +9,7 @@ use axum::Json;
 
 use super::generate::{self, b64, usage_counts, Batch, EncodedImage, StreamRenderer};
 use super::wire::openai::{
-    Background, ErrorResponse, EventQuality, Image, ImageGenCompletedEvent,
+    Background, ErrorResponse, EventQuality, Image, ImageEditStreamEvent, ImageGenCompletedEvent,
     ImageGenPartialImageEvent, ImageGenStreamEvent, ImageGenerateRequest, ImagesResponse,
     ResponseBackground, ResponseOutputFormat, ResponseQuality, Usage,
 };
@@ -71,13 +71,30 @@ async fn handle(
     caller.check_model(&served.caps.id)?;
     let validated =
         validate_openai(&request, &served.caps).map_err(|e| ApiError::field(e.field, e.message))?;
+    tracing::info!(caller = caller.name(), "generate (openai)");
+    respond(state, validated, Operation::Generation).await
+}
+
+/// Which OpenAI endpoint answers: it names the stream events (`image_generation.*` or `image_edit.*`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    Generation,
+    Edit,
+}
+
+/// Runs a validated request and answers in OpenAI's shape (JSON, or SSE when it streams).
+pub async fn respond(
+    state: &AppState,
+    validated: ValidatedRequest,
+    operation: Operation,
+) -> Result<Response, ApiError> {
     tracing::info!(
-        caller = caller.name(),
         model = %validated.model,
         size = %format!("{}x{}", validated.width, validated.height),
         n = validated.n,
         stream = validated.stream,
-        "generate (openai)"
+        image_to_image = validated.reference.is_some(),
+        "openai request"
     );
     if validated.stream {
         let submitted = generate::submit(state, &validated).await?;
@@ -85,7 +102,7 @@ async fn handle(
         if let Ok(v) = submitted.seed.to_string().parse() {
             headers.insert("x-imago-seed", v);
         }
-        let events = generate::event_stream(submitted.job, validated, OpenAiEvents);
+        let events = generate::event_stream(submitted.job, validated, OpenAiEvents { operation });
         return Ok(sse::response(events, headers));
     }
     let batch = generate::generate(state, &validated).await?;
@@ -139,7 +156,38 @@ fn event_quality(quality: Option<domain::Quality>) -> EventQuality {
     }
 }
 
-struct OpenAiEvents;
+struct OpenAiEvents {
+    operation: Operation,
+}
+
+impl OpenAiEvents {
+    fn event(&self, payload: StreamPayload) -> Event {
+        match self.operation {
+            Operation::Generation => {
+                let event = match payload {
+                    StreamPayload::Partial(p) => ImageGenStreamEvent::PartialImage(p),
+                    StreamPayload::Completed(c) => ImageGenStreamEvent::Completed(c),
+                    StreamPayload::Error(e) => ImageGenStreamEvent::Error(e),
+                };
+                sse::event(event.event_name(), &event)
+            }
+            Operation::Edit => {
+                let event = match payload {
+                    StreamPayload::Partial(p) => ImageEditStreamEvent::PartialImage(p),
+                    StreamPayload::Completed(c) => ImageEditStreamEvent::Completed(c),
+                    StreamPayload::Error(e) => ImageEditStreamEvent::Error(e),
+                };
+                sse::event(event.event_name(), &event)
+            }
+        }
+    }
+}
+
+enum StreamPayload {
+    Partial(ImageGenPartialImageEvent),
+    Completed(ImageGenCompletedEvent),
+    Error(ErrorResponse),
+}
 
 impl StreamRenderer for OpenAiEvents {
     fn partial(
@@ -149,7 +197,7 @@ impl StreamRenderer for OpenAiEvents {
         image_index: u32,
         image: &EncodedImage,
     ) -> Event {
-        let event = ImageGenStreamEvent::PartialImage(ImageGenPartialImageEvent {
+        self.event(StreamPayload::Partial(ImageGenPartialImageEvent {
             b64_json: b64(&image.bytes),
             background: Background::Opaque,
             created_at: generate::unix_now(),
@@ -158,8 +206,7 @@ impl StreamRenderer for OpenAiEvents {
             quality: event_quality(request.quality),
             size: format!("{}x{}", request.width, request.height),
             image_index,
-        });
-        sse::event(event.event_name(), &event)
+        }))
     }
 
     fn completed(&self, batch: &Batch, request: &ValidatedRequest) -> Vec<Event> {
@@ -169,7 +216,7 @@ impl StreamRenderer for OpenAiEvents {
             .iter()
             .enumerate()
             .map(|(i, img)| {
-                let event = ImageGenStreamEvent::Completed(ImageGenCompletedEvent {
+                self.event(StreamPayload::Completed(ImageGenCompletedEvent {
                     b64_json: b64(&img.bytes),
                     background: Background::Opaque,
                     created_at: generate::unix_now(),
@@ -179,19 +226,17 @@ impl StreamRenderer for OpenAiEvents {
                     usage: usage.clone().into(),
                     image_index: i as u32,
                     seed: Some(batch.seed),
-                });
-                sse::event(event.event_name(), &event)
+                }))
             })
             .collect()
     }
 
     fn error(&self, err: &ApiError) -> Event {
-        let event = ImageGenStreamEvent::Error(ErrorResponse::new(
+        self.event(StreamPayload::Error(ErrorResponse::new(
             err.public_message(),
             "server_error",
             None,
             None,
-        ));
-        sse::event(event.event_name(), &event)
+        )))
     }
 }

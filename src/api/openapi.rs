@@ -23,13 +23,14 @@ impl Modify for BearerAuth {
     paths(
         super::images::create,
         super::openai::create,
+        super::edits::create,
         super::models::openrouter_list,
         super::models::openrouter_endpoints,
         super::models::openai_list,
         super::health::health,
         super::health::ready,
     ),
-    components(schemas(openrouter::ImageStreamEvent, openai::ImageGenStreamEvent)),
+    components(schemas(openrouter::ImageStreamEvent, openai::ImageGenStreamEvent, openai::ImageEditStreamEvent)),
     modifiers(&BearerAuth),
     tags((name = "openrouter", description = "OpenRouter Images API"), (name = "openai", description = "OpenAI Images API"), (name = "health"))
 )]

@@ -816,6 +816,26 @@ pub fn validate_openai(
     })
 }
 
+/// Turns a validated OpenAI request into an edit of `reference` (`/v1/images/edits`): image-to-image
+/// with `strength`; steps from the quality table are raised so that at least one step runs.
+pub fn with_reference(
+    mut request: ValidatedRequest,
+    reference: ReferenceSource,
+    strength: f64,
+    caps: &ModelCaps,
+) -> Result<ValidatedRequest, FieldError> {
+    if !(strength > 0.0 && strength <= 1.0) {
+        return Err(FieldError::new(
+            "strength",
+            format!("must be in (0, 1], got {strength}"),
+        ));
+    }
+    request.steps = check_img2img_steps(request.steps, strength, &LocalOptions::default(), caps)?;
+    request.reference = Some(reference);
+    request.strength = strength;
+    Ok(request)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shared rules
 // ---------------------------------------------------------------------------------------------

@@ -315,6 +315,33 @@ impl ImageGenStreamEvent {
     }
 }
 
+/// One server-sent event of a streaming edit (`/v1/images/edits`): the same payloads as a
+/// generation under `image_edit.*` types.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type")]
+pub enum ImageEditStreamEvent {
+    /// Emitted when a partial image is available during streaming.
+    #[serde(rename = "image_edit.partial_image")]
+    PartialImage(ImageGenPartialImageEvent),
+    /// Emitted when the edit has completed and the final image is available.
+    #[serde(rename = "image_edit.completed")]
+    Completed(ImageGenCompletedEvent),
+    /// A failure after the stream started.
+    #[serde(rename = "error")]
+    Error(ErrorResponse),
+}
+
+impl ImageEditStreamEvent {
+    /// The SSE `event:` name, equal to the `type` field of the data.
+    pub fn event_name(&self) -> &'static str {
+        match self {
+            Self::PartialImage(_) => "image_edit.partial_image",
+            Self::Completed(_) => "image_edit.completed",
+            Self::Error(_) => "error",
+        }
+    }
+}
+
 /// A partial image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ImageGenPartialImageEvent {
