@@ -5,7 +5,13 @@ Prints one line per check; exits 1 at the first failure."""
 
 import openai
 from openai import OpenAI
-from openai.types import ImageGenCompletedEvent, ImageGenPartialImageEvent, ImagesResponse
+from openai.types import (
+    ImageEditCompletedEvent,
+    ImageEditPartialImageEvent,
+    ImageGenCompletedEvent,
+    ImageGenPartialImageEvent,
+    ImagesResponse,
+)
 
 from e2e_common import b64_bytes, check, expect_error, run, settings, sniff
 
@@ -112,6 +118,36 @@ def streaming():
     check("stream: the two final images differ", completed[0].b64_json != completed[1].b64_json, "identical images")
 
 
+def edits():
+    # The input: a PNG the server itself made, sent as a multipart file the way users upload one.
+    source = b64_bytes("edit input", generate(size="64x64", output_format="png", quality="low").data[0].b64_json)
+    response = SDK.images.edit(model=MODEL, image=("input.png", source, "image/png"), prompt=PROMPT, size="64x64", n=2)
+    edited = images_of("edit n=2", response, 2)
+    for index, data in enumerate(edited):
+        width, height = sniff(f"edit n=2: image {index}", data, "image/png")
+        check(f"edit n=2: image {index} is 64x64", (width, height) == (64, 64), f"got {width}x{height}")
+    check("edit n=2: the two images differ", edited[0] != edited[1], "identical images")
+    check("edit: the output is not the input", edited[0] != source, "the edit returned its input")
+    stream = SDK.images.edit(
+        model=MODEL, image=[("input.png", source, "image/png")], prompt=PROMPT, size="64x64", stream=True, partial_images=1
+    )
+    events = list(stream)
+    kinds = [type(e).__name__ for e in events]
+    check("edit stream: partial then completed", kinds and kinds[-1] == "ImageEditCompletedEvent", f"events: {kinds}")
+    check(
+        "edit stream: only image_edit events",
+        all(isinstance(e, (ImageEditPartialImageEvent, ImageEditCompletedEvent)) for e in events),
+        f"events: {kinds}",
+    )
+    expect_error(
+        "edit with a mask",
+        lambda: SDK.images.edit(model=MODEL, image=("a.png", source, "image/png"), mask=("m.png", source, "image/png"), prompt=PROMPT),
+        openai.BadRequestError,
+        400,
+        field="mask",
+    )
+
+
 def errors_are_typed():
     def expect_envelope(name, error):
         body = error.body
@@ -160,4 +196,4 @@ def errors_are_typed():
 
 
 if __name__ == "__main__":
-    run([model_list, two_webp_images, jpeg_compression, explicit_size, streaming, errors_are_typed])
+    run([model_list, two_webp_images, jpeg_compression, explicit_size, streaming, edits, errors_are_typed])
