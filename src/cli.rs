@@ -83,6 +83,10 @@ pub struct ServeArgs {
     /// Let `input_references` URLs reach loopback and private addresses (off: only public ones are fetched).
     #[arg(long, env = "IMAGO_ALLOW_PRIVATE_URLS")]
     pub allow_private_urls: bool,
+
+    /// Serve `/metrics` without an API key (it needs one when keys are configured).
+    #[arg(long, env = "IMAGO_PUBLIC_METRICS")]
+    pub public_metrics: bool,
 }
 
 #[derive(Debug, Args)]

@@ -123,6 +123,8 @@ pub struct ServerConfig {
     pub dtype: DTypeChoice,
     pub max_queue: usize,
     pub limits: Limits,
+    /// Serve `/metrics` without an API key.
+    pub public_metrics: bool,
 }
 
 /// `--model [ID=]SOURCE`: without `ID=`, the id is the repo id, the built-in id, or the folder's name.

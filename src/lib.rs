@@ -8,6 +8,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod imaging;
+pub mod metrics;
 pub mod output;
 pub mod providers;
 pub mod server;

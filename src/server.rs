@@ -1,4 +1,6 @@
 //! `imago serve`: load the models, bind, serve until Ctrl-C/SIGTERM, then drain.
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
@@ -6,6 +8,7 @@ use crate::api::auth::Auth;
 use crate::api::{build_app, AppInner, AppState};
 use crate::config::ServerConfig;
 use crate::engine::{Engine, EngineConfig};
+use crate::metrics::Metrics;
 use crate::providers::{LocalProvider, Provider, Registry, ServedModel};
 
 /// Runs the server with `config` until a shutdown signal.
@@ -15,7 +18,9 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         dtype: config.dtype,
         max_queue: config.max_queue,
     };
-    let (engine, caps) = Engine::start(engine_config, config.models.clone()).await?;
+    let metrics = Arc::new(Metrics::default());
+    let (engine, caps) =
+        Engine::start(engine_config, config.models.clone(), metrics.clone()).await?;
     let local = Provider::Local(LocalProvider::new(engine.clone()));
     let registry = Registry::new(
         caps.into_iter()
@@ -34,6 +39,8 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     }
     let state = AppState::new(AppInner {
         registry,
+        metrics,
+        public_metrics: config.public_metrics,
         auth,
         limits: config.limits.clone(),
         engine: engine.clone(),

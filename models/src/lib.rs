@@ -15,4 +15,5 @@ pub mod tiny_weights;
 pub mod unet;
 pub mod vae;
 
+pub use candle_core::Tensor;
 pub use error::{ModelError, Result};

@@ -5,6 +5,7 @@ pub mod edits;
 pub mod generate;
 pub mod health;
 pub mod images;
+pub mod metrics;
 pub mod models;
 pub mod openai;
 pub mod openapi;
@@ -27,11 +28,15 @@ use tower_http::trace::TraceLayer;
 use crate::config::Limits;
 use crate::engine::Engine;
 use crate::error::{ApiError, Surface};
+use crate::metrics::Metrics;
 use crate::providers::Registry;
 use auth::Auth;
 
 pub struct AppInner {
     pub registry: Registry,
+    pub metrics: Arc<Metrics>,
+    /// `/metrics` without an API key.
+    pub public_metrics: bool,
     pub auth: Auth,
     pub limits: Limits,
     /// The local engine (readiness and queue depth).
@@ -76,7 +81,12 @@ pub fn build_app(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/openapi.json", get(openapi::json))
+        .route("/metrics", get(metrics::render))
         .fallback(no_route)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -44,6 +44,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         device: args.device,
         dtype: args.dtype,
         max_queue: args.max_queue,
+        public_metrics: args.public_metrics,
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             allow_private_urls: args.allow_private_urls,

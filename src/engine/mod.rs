@@ -14,6 +14,7 @@ use imago_models::pipeline::{GenerationRequest, Timings};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::caps::ModelCaps;
+use crate::metrics::Metrics;
 
 pub use caps::caps_for;
 
@@ -132,6 +133,7 @@ pub(crate) struct Job {
 pub struct Engine {
     jobs: mpsc::Sender<Job>,
     waiting: Arc<AtomicUsize>,
+    running: Arc<AtomicUsize>,
     max_queue: usize,
     worker: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -145,22 +147,29 @@ impl Engine {
     pub async fn start(
         config: EngineConfig,
         models: Vec<ModelToLoad>,
+        metrics: Arc<Metrics>,
     ) -> Result<(Self, Vec<ModelCaps>), EngineError> {
         // The channel holds the waiting jobs; the running one has already been taken out.
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(config.max_queue.max(1));
         let (ready_tx, ready_rx) = oneshot::channel();
         let waiting = Arc::new(AtomicUsize::new(0));
-        let worker_waiting = waiting.clone();
+        let running = Arc::new(AtomicUsize::new(0));
+        let shared = worker::Shared {
+            waiting: waiting.clone(),
+            running: running.clone(),
+            metrics,
+        };
         let worker_config = config.clone();
         let handle = std::thread::Builder::new()
             .name("imago-engine".into())
-            .spawn(move || worker::run(worker_config, models, jobs_rx, worker_waiting, ready_tx))
+            .spawn(move || worker::run(worker_config, models, jobs_rx, shared, ready_tx))
             .map_err(|e| EngineError::Failed(format!("cannot start the engine thread: {e}")))?;
         let caps = ready_rx.await.map_err(|_| EngineError::Stopped)??;
         Ok((
             Self {
                 jobs: jobs_tx,
                 waiting,
+                running,
                 max_queue: config.max_queue.max(1),
                 worker: Arc::new(Mutex::new(Some(handle))),
             },
@@ -208,6 +217,11 @@ impl Engine {
     /// Jobs submitted and not yet started.
     pub fn queue_depth(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// Jobs running now (0 or 1 per device).
+    pub fn in_flight(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
     }
 
     pub fn max_queue(&self) -> usize {

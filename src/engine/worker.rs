@@ -4,6 +4,7 @@ use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use imago_models::pipeline::{LoadedModel, StepObserver, StepProgress};
 use imago_models::ModelError;
@@ -11,14 +12,23 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{caps_for, EngineConfig, EngineError, Job, JobEvent, JobOutput, ModelToLoad};
 use crate::domain::caps::ModelCaps;
+use crate::metrics::Metrics;
+
+/// Counters the worker shares with the async side.
+pub(super) struct Shared {
+    pub waiting: Arc<AtomicUsize>,
+    pub running: Arc<AtomicUsize>,
+    pub metrics: Arc<Metrics>,
+}
 
 pub(super) fn run(
     config: EngineConfig,
     models: Vec<ModelToLoad>,
     mut jobs: mpsc::Receiver<Job>,
-    waiting: Arc<AtomicUsize>,
+    shared: Shared,
     ready: oneshot::Sender<Result<Vec<ModelCaps>, EngineError>>,
 ) {
+    let metrics = &shared.metrics;
     let loaded = match load_all(&config, &models) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -34,22 +44,35 @@ pub(super) fn run(
         return;
     }
     while let Some(job) = jobs.blocking_recv() {
-        waiting.fetch_sub(1, Ordering::SeqCst);
+        shared.waiting.fetch_sub(1, Ordering::SeqCst);
         let _entered = job.span.clone().entered();
         if job.cancel.load(Ordering::SeqCst) {
+            metrics.cancelled.inc();
             tracing::info!("client left before its job started; dropped");
             continue;
         }
         let queue_time = job.submitted.elapsed();
+        metrics.queue_wait.observe_duration(queue_time);
+        metrics.batch_size.observe(job.request.batch_size as f64);
         let _ = job.events.try_send(JobEvent::Started { queue_time });
+        shared.running.fetch_add(1, Ordering::SeqCst);
         let result = match loaded.get(&job.model) {
             None => Err(EngineError::UnknownModel(job.model.clone())),
-            Some(model) => run_job(model, &job, queue_time),
+            Some(model) => run_job(model, &job, queue_time, metrics),
         };
-        if let Err(err) = &result {
-            match err {
-                EngineError::Cancelled => tracing::info!("job cancelled by its client"),
-                other => tracing::error!(error = %other, "generation failed"),
+        shared.running.fetch_sub(1, Ordering::SeqCst);
+        match &result {
+            Ok(output) => {
+                metrics.images_generated.add(output.images.len() as u64);
+                metrics.decode_time.observe_duration(output.timings.decode);
+            }
+            Err(EngineError::Cancelled) => {
+                metrics.cancelled.inc();
+                tracing::info!("job cancelled by its client");
+            }
+            Err(other) => {
+                metrics.engine_failures.inc();
+                tracing::error!(error = %other, "generation failed");
             }
         }
         // `Finished` must arrive even when progress events filled the channel.
@@ -87,13 +110,18 @@ fn run_job(
     model: &LoadedModel,
     job: &Job,
     queue_time: std::time::Duration,
+    metrics: &Metrics,
 ) -> Result<JobOutput, EngineError> {
+    let started = Instant::now();
     let mut observer = JobObserver {
         cancel: &job.cancel,
         events: &job.events,
         model,
         partial_images: job.partial_images,
         sent: 0,
+        metrics,
+        started,
+        last_step: started,
     };
     // A panic inside candle must fail this job, not the thread that serves everyone.
     let outcome = catch_unwind(AssertUnwindSafe(|| {
@@ -133,6 +161,11 @@ struct JobObserver<'a> {
     model: &'a LoadedModel,
     partial_images: usize,
     sent: u32,
+    metrics: &'a Metrics,
+    /// When the job left the queue.
+    started: Instant,
+    /// When the previous step ended (or the noise was drawn).
+    last_step: Instant,
 }
 
 /// The steps after which previews go out: `n` spread evenly over `total`, the last one after the
@@ -146,7 +179,17 @@ pub(super) fn preview_steps(total: usize, n: usize) -> Vec<usize> {
 }
 
 impl StepObserver for JobObserver<'_> {
+    fn on_noise(&mut self, _noise: &imago_models::Tensor) {
+        // Denoising starts now (text encoding and img2img's VAE encode are done).
+        self.last_step = Instant::now();
+    }
+
     fn on_step(&mut self, progress: &StepProgress<'_>) -> ControlFlow<()> {
+        let now = Instant::now();
+        self.metrics
+            .step_time
+            .observe_duration(now - self.last_step);
+        self.last_step = now;
         let _ = self.events.try_send(JobEvent::Step {
             step: progress.step,
             total: progress.total,
@@ -165,8 +208,15 @@ impl StepObserver for JobObserver<'_> {
                         })
                         .is_ok()
                     {
+                        if self.sent == 0 {
+                            self.metrics
+                                .time_to_first_preview
+                                .observe_duration(self.started.elapsed());
+                        }
                         self.sent += 1;
+                        self.metrics.previews_sent.inc();
                     } else {
+                        self.metrics.previews_dropped.inc();
                         tracing::debug!("preview dropped: the client is not keeping up");
                     }
                 }
