@@ -10,6 +10,7 @@ pub mod preview;
 pub mod rng;
 pub mod schedulers;
 pub mod specs;
+pub mod taesd;
 pub mod text;
 pub mod tiny_weights;
 pub mod unet;
