@@ -84,6 +84,13 @@ pub struct ServeArgs {
     #[arg(long, env = "IMAGO_ALLOW_PRIVATE_URLS")]
     pub allow_private_urls: bool,
 
+    /// A tiny autoencoder for previews, `[MODEL_ID=]SOURCE` (repeatable): a diffusers
+    /// AutoencoderTiny folder or HF repo id in the cache (madebyollin/taesd for SD 1/2,
+    /// madebyollin/taesdxl for SDXL). Without MODEL_ID it serves every model with its latent channels.
+    /// Used for `preview: "taesd"`, and for `auto` on a GPU (on the CPU, auto uses the linear preview).
+    #[arg(long = "preview-decoder", env = "IMAGO_PREVIEW_DECODERS", value_delimiter = ',')]
+    pub preview_decoders: Vec<String>,
+
     /// Serve `/metrics` without an API key (it needs one when keys are configured).
     #[arg(long, env = "IMAGO_PUBLIC_METRICS")]
     pub public_metrics: bool,

@@ -9,7 +9,7 @@ use imago_models::device::{DTypeChoice, DeviceChoice};
 use imago_models::loader::{cached_snapshot, hub_cache_dir, ModelSource};
 use serde::Deserialize;
 
-use crate::engine::ModelToLoad;
+use crate::engine::{ModelToLoad, PreviewDecoderToLoad};
 
 /// The model served when `--model` is not given and it is in the local HF cache.
 pub const PREFERRED_DEFAULT_MODEL: &str = "stabilityai/sd-turbo";
@@ -125,6 +125,18 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Serve `/metrics` without an API key.
     pub public_metrics: bool,
+    pub preview_decoders: Vec<PreviewDecoderToLoad>,
+}
+
+/// `--preview-decoder [MODEL_ID=]SOURCE`.
+pub fn parse_preview_decoder_arg(arg: &str) -> Result<PreviewDecoderToLoad> {
+    match arg.split_once('=') {
+        Some((id, source)) if !id.trim().is_empty() && !source.trim().is_empty() => {
+            Ok(PreviewDecoderToLoad { model: Some(id.trim().to_string()), source: source.trim().to_string() })
+        }
+        Some(_) => bail!("invalid --preview-decoder {arg:?}: expected MODEL_ID=SOURCE or SOURCE"),
+        None => Ok(PreviewDecoderToLoad { model: None, source: arg.trim().to_string() }),
+    }
 }
 
 /// `--model [ID=]SOURCE`: without `ID=`, the id is the repo id, the built-in id, or the folder's name.

@@ -17,6 +17,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         device: config.device,
         dtype: config.dtype,
         max_queue: config.max_queue,
+        preview_decoders: config.preview_decoders.clone(),
     };
     let metrics = Arc::new(Metrics::default());
     let (engine, caps) =

@@ -16,5 +16,5 @@ pub mod tiny_weights;
 pub mod unet;
 pub mod vae;
 
-pub use candle_core::Tensor;
+pub use candle_core::{DType, Tensor};
 pub use error::{ModelError, Result};

@@ -45,6 +45,11 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         dtype: args.dtype,
         max_queue: args.max_queue,
         public_metrics: args.public_metrics,
+        preview_decoders: args
+            .preview_decoders
+            .iter()
+            .map(|d| config::parse_preview_decoder_arg(d))
+            .collect::<Result<Vec<_>>>()?,
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
             allow_private_urls: args.allow_private_urls,

@@ -28,6 +28,8 @@ pub struct ModelCaps {
     pub max_n: usize,
     /// Whether the model can produce an alpha channel (`background: "transparent"`).
     pub supports_transparent: bool,
+    /// Whether a tiny autoencoder is loaded for previews (`preview: "taesd"`).
+    pub preview_decoder: bool,
     /// Unix seconds, for the `created` field of model listings.
     pub created: u64,
 }

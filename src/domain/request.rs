@@ -348,6 +348,15 @@ pub fn validate_openrouter(
             "needs an input reference (input_references); strength only applies to image-to-image",
         ));
     }
+    if local.preview == Some(PreviewMode::Taesd) && !caps.preview_decoder {
+        return Err(FieldError::new(
+            "provider.options.local.preview",
+            format!(
+                "\"taesd\" needs a tiny autoencoder, and none is configured for {} (start the server with --preview-decoder); use \"auto\" or \"latent\"",
+                caps.id
+            ),
+        ));
+    }
     let strength = local.strength.unwrap_or(DEFAULT_STRENGTH);
     let mut steps = local.steps.unwrap_or_else(|| default_steps(quality, caps));
     if reference.is_some() {
@@ -970,6 +979,7 @@ pub(crate) fn test_caps() -> ModelCaps {
         max_references: 1,
         max_n: 10,
         supports_transparent: false,
+        preview_decoder: false,
         created: 1_700_000_000,
     }
 }

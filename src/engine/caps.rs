@@ -11,7 +11,7 @@ use crate::domain::caps::ModelCaps;
 const UNSPECIFIED_MAX_SIDE: usize = 2048;
 const UNSPECIFIED_MAX_STEPS: usize = 150;
 
-pub fn caps_for(id: &str, model: &LoadedModel) -> ModelCaps {
+pub fn caps_for(id: &str, model: &LoadedModel, preview_decoder: bool) -> ModelCaps {
     let defaults = model.defaults();
     let multiple = model.size_multiple();
     let (name, description, min_side, max_side, max_steps, quality_steps) = match model.spec {
@@ -68,6 +68,7 @@ pub fn caps_for(id: &str, model: &LoadedModel) -> ModelCaps {
         max_references: 1,
         max_n: MAX_BATCH,
         supports_transparent: false,
+        preview_decoder,
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

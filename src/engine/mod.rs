@@ -14,6 +14,7 @@ use imago_models::pipeline::{GenerationRequest, Timings};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::caps::ModelCaps;
+use crate::domain::request::PreviewMode;
 use crate::metrics::Metrics;
 
 pub use caps::caps_for;
@@ -25,6 +26,16 @@ pub struct EngineConfig {
     pub dtype: DTypeChoice,
     /// Jobs waiting beyond the running one; more are refused (the caller answers 429).
     pub max_queue: usize,
+    /// Tiny autoencoders for previews (`--preview-decoder`).
+    pub preview_decoders: Vec<PreviewDecoderToLoad>,
+}
+
+/// `--preview-decoder [MODEL_ID=]SOURCE`: a TAESD-family folder (or HF repo id in the cache) for
+/// one model, or, without an id, for every model whose latents have its channel count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreviewDecoderToLoad {
+    pub model: Option<String>,
+    pub source: String,
 }
 
 /// A model to load at start-up: the id clients use and where it comes from.
@@ -122,6 +133,7 @@ pub(crate) struct Job {
     pub request: GenerationRequest,
     /// Previews to send, spread over the steps (0: none).
     pub partial_images: usize,
+    pub preview: PreviewMode,
     pub span: tracing::Span,
     pub events: mpsc::Sender<JobEvent>,
     pub cancel: Arc<AtomicBool>,
@@ -184,6 +196,7 @@ impl Engine {
         model: &str,
         request: GenerationRequest,
         partial_images: usize,
+        preview: PreviewMode,
     ) -> Result<JobHandle, EngineError> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
@@ -191,6 +204,7 @@ impl Engine {
             model: model.to_string(),
             request,
             partial_images,
+            preview,
             span: tracing::Span::current(),
             events: events_tx,
             cancel: cancel.clone(),

@@ -7,11 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use imago_models::pipeline::{LoadedModel, StepObserver, StepProgress};
+use imago_models::taesd::TinyAutoencoder;
 use imago_models::ModelError;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{caps_for, EngineConfig, EngineError, Job, JobEvent, JobOutput, ModelToLoad};
 use crate::domain::caps::ModelCaps;
+use crate::domain::request::PreviewMode;
 use crate::metrics::Metrics;
 
 /// Counters the worker shares with the async side.
@@ -38,7 +40,7 @@ pub(super) fn run(
     };
     let caps = models
         .iter()
-        .filter_map(|m| loaded.get(&m.id).map(|model| caps_for(&m.id, model)))
+        .filter_map(|m| loaded.get(&m.id).map(|served| caps_for(&m.id, &served.model, served.tiny.is_some())))
         .collect();
     if ready.send(Ok(caps)).is_err() {
         return;
@@ -58,7 +60,7 @@ pub(super) fn run(
         shared.running.fetch_add(1, Ordering::SeqCst);
         let result = match loaded.get(&job.model) {
             None => Err(EngineError::UnknownModel(job.model.clone())),
-            Some(model) => run_job(model, &job, queue_time, metrics),
+            Some(served) => run_job(served, &job, queue_time, metrics),
         };
         shared.running.fetch_sub(1, Ordering::SeqCst);
         match &result {
@@ -81,10 +83,13 @@ pub(super) fn run(
     tracing::info!("engine queue closed; engine thread exits");
 }
 
-fn load_all(
-    config: &EngineConfig,
-    models: &[ModelToLoad],
-) -> Result<HashMap<String, LoadedModel>, EngineError> {
+/// A loaded model and the tiny autoencoder that previews it, if one was configured.
+struct Served {
+    model: LoadedModel,
+    tiny: Option<Arc<TinyAutoencoder>>,
+}
+
+fn load_all(config: &EngineConfig, models: &[ModelToLoad]) -> Result<HashMap<String, Served>, EngineError> {
     let device = config.device.open().map_err(|e| EngineError::Load {
         id: "*".into(),
         source_desc: format!("device {}", config.device),
@@ -92,31 +97,102 @@ fn load_all(
     })?;
     let mut loaded = HashMap::new();
     for m in models {
-        let started = std::time::Instant::now();
-        let model = LoadedModel::load_on(&m.source, &device, config.dtype).map_err(|e| {
-            EngineError::Load {
-                id: m.id.clone(),
-                source_desc: m.source.clone(),
-                message: e.to_string(),
-            }
+        let started = Instant::now();
+        let model = LoadedModel::load_on(&m.source, &device, config.dtype).map_err(|e| EngineError::Load {
+            id: m.id.clone(),
+            source_desc: m.source.clone(),
+            message: e.to_string(),
         })?;
         tracing::info!(model = %m.id, from = %model.location, ms = started.elapsed().as_millis() as u64, "model loaded");
-        loaded.insert(m.id.clone(), model);
+        loaded.insert(m.id.clone(), Served { model, tiny: None });
+    }
+    for spec in &config.preview_decoders {
+        let load_error = |message: String| EngineError::Load {
+            id: spec.model.clone().unwrap_or_else(|| "preview decoder".into()),
+            source_desc: spec.source.clone(),
+            message,
+        };
+        let dir = resolve_folder(&spec.source).map_err(|e| load_error(e.to_string()))?;
+        let dtype = loaded.values().next().map(|s| s.model.dtype()).unwrap_or(imago_models::DType::F32);
+        let tiny = Arc::new(TinyAutoencoder::load(&dir, dtype, &device).map_err(|e| load_error(e.to_string()))?);
+        let mut attached = 0;
+        for (id, served) in loaded.iter_mut() {
+            let wanted = match &spec.model {
+                Some(model) => model == id,
+                None => served.model.latent_channels() == tiny.latent_channels(),
+            };
+            if wanted {
+                if served.model.latent_channels() != tiny.latent_channels() {
+                    return Err(load_error(format!(
+                        "the decoder takes {} latent channels, model {id} has {}",
+                        tiny.latent_channels(),
+                        served.model.latent_channels()
+                    )));
+                }
+                served.tiny = Some(tiny.clone());
+                attached += 1;
+            }
+        }
+        if attached == 0 {
+            return Err(load_error("no served model matches this preview decoder (id or latent channels)".into()));
+        }
+        tracing::info!(source = %spec.source, models = attached, "preview decoder loaded");
     }
     Ok(loaded)
 }
 
+/// A folder, or a repo id in the local Hugging Face cache.
+fn resolve_folder(source: &str) -> Result<std::path::PathBuf, ModelError> {
+    use imago_models::loader::{cached_snapshot, hub_cache_dir, ModelSource};
+    match ModelSource::parse(source)? {
+        ModelSource::Folder(path) => Ok(path),
+        ModelSource::HubRepo { repo_id, revision } => {
+            let cache = hub_cache_dir();
+            cached_snapshot(&cache, &repo_id, revision.as_deref())?.ok_or_else(|| ModelError::MissingFile {
+                what: format!("{repo_id} in the local Hugging Face cache (download it with `hf download {repo_id}`)"),
+                path: cache.join(format!("models--{}", repo_id.replace('/', "--"))),
+            })
+        }
+        ModelSource::BuiltIn(b) => Err(ModelError::Unsupported(format!("{b} is a diffusion model, not a preview decoder"))),
+    }
+}
+
+/// How this job's previews are drawn.
+enum PreviewRenderer<'a> {
+    Latent(&'a LoadedModel),
+    Tiny(&'a TinyAutoencoder),
+}
+
+impl PreviewRenderer<'_> {
+    /// `auto`: the tiny autoencoder on a GPU; on the CPU it costs seconds per preview, so the linear map.
+    fn choose<'a>(served: &'a Served, mode: PreviewMode) -> PreviewRenderer<'a> {
+        match (mode, served.tiny.as_deref()) {
+            (PreviewMode::Taesd, Some(tiny)) => PreviewRenderer::Tiny(tiny),
+            (PreviewMode::Auto, Some(tiny)) if !served.model.device().is_cpu() => PreviewRenderer::Tiny(tiny),
+            _ => PreviewRenderer::Latent(&served.model),
+        }
+    }
+
+    fn render(&self, x0: &imago_models::Tensor) -> imago_models::Result<Vec<image::RgbImage>> {
+        match self {
+            Self::Latent(model) => model.preview().render(x0),
+            Self::Tiny(tiny) => imago_models::preview::render_with_tiny_autoencoder(tiny, x0),
+        }
+    }
+}
+
 fn run_job(
-    model: &LoadedModel,
+    served: &Served,
     job: &Job,
     queue_time: std::time::Duration,
     metrics: &Metrics,
 ) -> Result<JobOutput, EngineError> {
+    let model = &served.model;
     let started = Instant::now();
     let mut observer = JobObserver {
         cancel: &job.cancel,
         events: &job.events,
-        model,
+        renderer: PreviewRenderer::choose(served, job.preview),
         partial_images: job.partial_images,
         sent: 0,
         metrics,
@@ -158,7 +234,7 @@ fn run_job(
 struct JobObserver<'a> {
     cancel: &'a AtomicBool,
     events: &'a mpsc::Sender<JobEvent>,
-    model: &'a LoadedModel,
+    renderer: PreviewRenderer<'a>,
     partial_images: usize,
     sent: u32,
     metrics: &'a Metrics,
@@ -198,7 +274,7 @@ impl StepObserver for JobObserver<'_> {
             && preview_steps(progress.total, self.partial_images).contains(&progress.step)
         {
             // The projection is a few multiply-adds per latent cell; encoding happens off this thread.
-            match self.model.preview().render(progress.predicted_x0) {
+            match self.renderer.render(progress.predicted_x0) {
                 Ok(images) => {
                     if self
                         .events

@@ -51,7 +51,7 @@ impl LocalProvider {
             0
         };
         self.engine
-            .submit(&request.model, job, partial_images)
+            .submit(&request.model, job, partial_images, request.preview)
             .map_err(|err| match err {
                 EngineError::QueueFull { depth } => ApiError::QueueFull {
                     depth,

@@ -142,6 +142,13 @@ impl LoadedModel {
         }
     }
 
+    /// Channels of the latents the denoiser works on (4 for SD/SDXL).
+    pub fn latent_channels(&self) -> usize {
+        match &self.pipeline {
+            DiffusionPipeline::StableDiffusion(sd) => sd.latent_channels(),
+        }
+    }
+
     pub fn family(&self) -> Family {
         match &self.pipeline {
             DiffusionPipeline::StableDiffusion(sd) => sd.family(),

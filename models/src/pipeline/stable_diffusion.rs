@@ -161,6 +161,10 @@ impl StableDiffusionPipeline {
         Ok(pipeline)
     }
 
+    pub fn latent_channels(&self) -> usize {
+        self.unet_config.in_channels
+    }
+
     /// The cheap latent-to-RGB map fitted to this model's VAE.
     pub fn preview(&self) -> &LatentPreview {
         &self.preview
