@@ -88,7 +88,11 @@ pub struct ServeArgs {
     /// AutoencoderTiny folder or HF repo id in the cache (madebyollin/taesd for SD 1/2,
     /// madebyollin/taesdxl for SDXL). Without MODEL_ID it serves every model with its latent channels.
     /// Used for `preview: "taesd"`, and for `auto` on a GPU (on the CPU, auto uses the linear preview).
-    #[arg(long = "preview-decoder", env = "IMAGO_PREVIEW_DECODERS", value_delimiter = ',')]
+    #[arg(
+        long = "preview-decoder",
+        env = "IMAGO_PREVIEW_DECODERS",
+        value_delimiter = ','
+    )]
     pub preview_decoders: Vec<String>,
 
     /// Serve `/metrics` without an API key (it needs one when keys are configured).

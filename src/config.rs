@@ -132,10 +132,16 @@ pub struct ServerConfig {
 pub fn parse_preview_decoder_arg(arg: &str) -> Result<PreviewDecoderToLoad> {
     match arg.split_once('=') {
         Some((id, source)) if !id.trim().is_empty() && !source.trim().is_empty() => {
-            Ok(PreviewDecoderToLoad { model: Some(id.trim().to_string()), source: source.trim().to_string() })
+            Ok(PreviewDecoderToLoad {
+                model: Some(id.trim().to_string()),
+                source: source.trim().to_string(),
+            })
         }
         Some(_) => bail!("invalid --preview-decoder {arg:?}: expected MODEL_ID=SOURCE or SOURCE"),
-        None => Ok(PreviewDecoderToLoad { model: None, source: arg.trim().to_string() }),
+        None => Ok(PreviewDecoderToLoad {
+            model: None,
+            source: arg.trim().to_string(),
+        }),
     }
 }
 

@@ -5,6 +5,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::domain::request::FieldError;
+
 /// Which API a route belongs to: it decides the error envelope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Surface {
@@ -49,6 +51,23 @@ impl ApiError {
         Self::InvalidField {
             field: field.into(),
             message: message.into(),
+        }
+    }
+
+    /// A field path from serde: `aspect_ratio`, `provider.options`; `None` at the top level.
+    fn serde_path(path: &serde_path_to_error::Path) -> Option<String> {
+        let path = path.to_string();
+        (path != "." && !path.is_empty()).then_some(path)
+    }
+
+    /// A body serde refused: the field it was reading when that is known, else the whole body.
+    pub fn from_json(err: serde_path_to_error::Error<serde_json::Error>) -> Self {
+        match Self::serde_path(err.path()) {
+            Some(field) => Self::InvalidField {
+                field,
+                message: err.into_inner().to_string(),
+            },
+            None => Self::InvalidBody(err.into_inner().to_string()),
         }
     }
 
@@ -126,6 +145,22 @@ impl ApiError {
         ApiFailure {
             surface,
             error: self,
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    /// `FieldError`'s message already starts with the field; the envelope adds it once.
+    fn from(err: FieldError) -> Self {
+        let prefix = format!("{}: ", err.field);
+        let message = err
+            .message
+            .strip_prefix(&prefix)
+            .unwrap_or(&err.message)
+            .to_string();
+        Self::InvalidField {
+            field: err.field,
+            message,
         }
     }
 }

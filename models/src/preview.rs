@@ -138,10 +138,15 @@ impl LatentPreview {
 
 /// Previews from a tiny autoencoder (TAESD family): `decode` of the predicted clean latents,
 /// brought to [0, 1] and shrunk to at most [`MAX_PREVIEW_SIDE`] on the long side.
-pub fn render_with_tiny_autoencoder(decoder: &crate::taesd::TinyAutoencoder, latents: &Tensor) -> Result<Vec<RgbImage>> {
+pub fn render_with_tiny_autoencoder(
+    decoder: &crate::taesd::TinyAutoencoder,
+    latents: &Tensor,
+) -> Result<Vec<RgbImage>> {
     let decoded = decoder.decode(latents)?;
     // diffusers leaves the output unclamped; the image processor clamps when it denormalises.
-    let images = crate::pipeline::image_io::to_rgb_images(&crate::pipeline::image_io::denormalize(&decoded)?)?;
+    let images = crate::pipeline::image_io::to_rgb_images(
+        &crate::pipeline::image_io::denormalize(&decoded)?,
+    )?;
     Ok(images
         .into_iter()
         .map(|img| {
@@ -151,7 +156,10 @@ pub fn render_with_tiny_autoencoder(decoder: &crate::taesd::TinyAutoencoder, lat
                 img
             } else {
                 let scale = MAX_PREVIEW_SIDE as f64 / long as f64;
-                let (nw, nh) = (((w as f64 * scale).round() as u32).max(1), ((h as f64 * scale).round() as u32).max(1));
+                let (nw, nh) = (
+                    ((w as f64 * scale).round() as u32).max(1),
+                    ((h as f64 * scale).round() as u32).max(1),
+                );
                 image::imageops::resize(&img, nw, nh, image::imageops::FilterType::Triangle)
             }
         })

@@ -126,10 +126,8 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
             ))
         }
     };
-    let validated =
-        validate_openai(&generate, caps).map_err(|e| ApiError::field(e.field, e.message))?;
-    let validated = with_reference(validated, reference, strength, caps)
-        .map_err(|e| ApiError::field(e.field, e.message))?;
+    let validated = validate_openai(&generate, caps).map_err(ApiError::from)?;
+    let validated = with_reference(validated, reference, strength, caps).map_err(ApiError::from)?;
     tracing::info!(caller = caller.name(), "edit (openai)");
     super::openai::respond(state, validated, super::openai::Operation::Edit).await
 }
@@ -216,10 +214,7 @@ async fn read_json(state: &AppState, request: Request) -> Result<EditForm, ApiEr
         for (i, entry) in list.iter().enumerate() {
             let field = format!("images[{i}].image_url");
             match entry.get("image_url").and_then(Value::as_str) {
-                Some(url) => images.push(
-                    parse_reference_url(&field, url)
-                        .map_err(|e| ApiError::field(e.field, e.message))?,
-                ),
+                Some(url) => images.push(parse_reference_url(&field, url).map_err(ApiError::from)?),
                 None if entry.get("file_id").is_some() => {
                     return Err(ApiError::field(
                         format!("images[{i}].file_id"),

@@ -62,8 +62,7 @@ async fn handle(
             available: state.registry.ids(),
         })?;
     caller.check_model(&request.model)?;
-    let validated = validate_openrouter(&request, &served.caps)
-        .map_err(|e| ApiError::field(e.field, e.message))?;
+    let validated = validate_openrouter(&request, &served.caps).map_err(ApiError::from)?;
     tracing::info!(
         caller = caller.name(),
         model = %validated.model,

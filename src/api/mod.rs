@@ -115,5 +115,11 @@ pub fn parse_json<T: DeserializeOwned>(
             ApiError::InvalidBody(rejection.body_text())
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::InvalidBody(e.to_string()))
+    // The path of the value serde choked on names the field (an unknown enum value, a wrong type).
+    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(ApiError::from_json)?;
+    deserializer
+        .end()
+        .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
+    Ok(value)
 }

@@ -69,8 +69,7 @@ async fn handle(
             .ok_or_else(|| ApiError::NotReady("no model is loaded".into()))?,
     };
     caller.check_model(&served.caps.id)?;
-    let validated =
-        validate_openai(&request, &served.caps).map_err(|e| ApiError::field(e.field, e.message))?;
+    let validated = validate_openai(&request, &served.caps).map_err(ApiError::from)?;
     tracing::info!(caller = caller.name(), "generate (openai)");
     respond(state, validated, Operation::Generation).await
 }

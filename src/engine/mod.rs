@@ -146,6 +146,7 @@ pub struct Engine {
     jobs: mpsc::Sender<Job>,
     waiting: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
     max_queue: usize,
     worker: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
@@ -169,7 +170,7 @@ impl Engine {
         let shared = worker::Shared {
             waiting: waiting.clone(),
             running: running.clone(),
-            metrics,
+            metrics: metrics.clone(),
         };
         let worker_config = config.clone();
         let handle = std::thread::Builder::new()
@@ -182,6 +183,7 @@ impl Engine {
                 jobs: jobs_tx,
                 waiting,
                 running,
+                metrics,
                 max_queue: config.max_queue.max(1),
                 worker: Arc::new(Mutex::new(Some(handle))),
             },
@@ -231,6 +233,11 @@ impl Engine {
     /// Jobs submitted and not yet started.
     pub fn queue_depth(&self) -> usize {
         self.waiting.load(Ordering::SeqCst)
+    }
+
+    /// The metrics the engine records into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Jobs running now (0 or 1 per device).

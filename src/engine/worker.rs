@@ -40,7 +40,11 @@ pub(super) fn run(
     };
     let caps = models
         .iter()
-        .filter_map(|m| loaded.get(&m.id).map(|served| caps_for(&m.id, &served.model, served.tiny.is_some())))
+        .filter_map(|m| {
+            loaded
+                .get(&m.id)
+                .map(|served| caps_for(&m.id, &served.model, served.tiny.is_some()))
+        })
         .collect();
     if ready.send(Ok(caps)).is_err() {
         return;
@@ -89,7 +93,10 @@ struct Served {
     tiny: Option<Arc<TinyAutoencoder>>,
 }
 
-fn load_all(config: &EngineConfig, models: &[ModelToLoad]) -> Result<HashMap<String, Served>, EngineError> {
+fn load_all(
+    config: &EngineConfig,
+    models: &[ModelToLoad],
+) -> Result<HashMap<String, Served>, EngineError> {
     let device = config.device.open().map_err(|e| EngineError::Load {
         id: "*".into(),
         source_desc: format!("device {}", config.device),
@@ -98,23 +105,34 @@ fn load_all(config: &EngineConfig, models: &[ModelToLoad]) -> Result<HashMap<Str
     let mut loaded = HashMap::new();
     for m in models {
         let started = Instant::now();
-        let model = LoadedModel::load_on(&m.source, &device, config.dtype).map_err(|e| EngineError::Load {
-            id: m.id.clone(),
-            source_desc: m.source.clone(),
-            message: e.to_string(),
+        let model = LoadedModel::load_on(&m.source, &device, config.dtype).map_err(|e| {
+            EngineError::Load {
+                id: m.id.clone(),
+                source_desc: m.source.clone(),
+                message: e.to_string(),
+            }
         })?;
         tracing::info!(model = %m.id, from = %model.location, ms = started.elapsed().as_millis() as u64, "model loaded");
         loaded.insert(m.id.clone(), Served { model, tiny: None });
     }
     for spec in &config.preview_decoders {
         let load_error = |message: String| EngineError::Load {
-            id: spec.model.clone().unwrap_or_else(|| "preview decoder".into()),
+            id: spec
+                .model
+                .clone()
+                .unwrap_or_else(|| "preview decoder".into()),
             source_desc: spec.source.clone(),
             message,
         };
         let dir = resolve_folder(&spec.source).map_err(|e| load_error(e.to_string()))?;
-        let dtype = loaded.values().next().map(|s| s.model.dtype()).unwrap_or(imago_models::DType::F32);
-        let tiny = Arc::new(TinyAutoencoder::load(&dir, dtype, &device).map_err(|e| load_error(e.to_string()))?);
+        let dtype = loaded
+            .values()
+            .next()
+            .map(|s| s.model.dtype())
+            .unwrap_or(imago_models::DType::F32);
+        let tiny = Arc::new(
+            TinyAutoencoder::load(&dir, dtype, &device).map_err(|e| load_error(e.to_string()))?,
+        );
         let mut attached = 0;
         for (id, served) in loaded.iter_mut() {
             let wanted = match &spec.model {
@@ -134,7 +152,9 @@ fn load_all(config: &EngineConfig, models: &[ModelToLoad]) -> Result<HashMap<Str
             }
         }
         if attached == 0 {
-            return Err(load_error("no served model matches this preview decoder (id or latent channels)".into()));
+            return Err(load_error(
+                "no served model matches this preview decoder (id or latent channels)".into(),
+            ));
         }
         tracing::info!(source = %spec.source, models = attached, "preview decoder loaded");
     }
@@ -153,7 +173,9 @@ fn resolve_folder(source: &str) -> Result<std::path::PathBuf, ModelError> {
                 path: cache.join(format!("models--{}", repo_id.replace('/', "--"))),
             })
         }
-        ModelSource::BuiltIn(b) => Err(ModelError::Unsupported(format!("{b} is a diffusion model, not a preview decoder"))),
+        ModelSource::BuiltIn(b) => Err(ModelError::Unsupported(format!(
+            "{b} is a diffusion model, not a preview decoder"
+        ))),
     }
 }
 
@@ -168,7 +190,9 @@ impl PreviewRenderer<'_> {
     fn choose<'a>(served: &'a Served, mode: PreviewMode) -> PreviewRenderer<'a> {
         match (mode, served.tiny.as_deref()) {
             (PreviewMode::Taesd, Some(tiny)) => PreviewRenderer::Tiny(tiny),
-            (PreviewMode::Auto, Some(tiny)) if !served.model.device().is_cpu() => PreviewRenderer::Tiny(tiny),
+            (PreviewMode::Auto, Some(tiny)) if !served.model.device().is_cpu() => {
+                PreviewRenderer::Tiny(tiny)
+            }
             _ => PreviewRenderer::Latent(&served.model),
         }
     }

@@ -1,0 +1,148 @@
+//! In-process `imago` servers for the HTTP tests: the engine and the router built as
+//! `imago::run` builds them, served on 127.0.0.1:0 by a runtime shared by every test, so a server
+//! outlives the test (and its runtime) that started it. Clients talk to it over loopback only.
+#![allow(dead_code)]
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use imago::api::auth::Auth;
+use imago::api::{build_app, AppInner, AppState};
+use imago::config::{ApiKey, Limits};
+use imago::domain::caps::ModelCaps;
+use imago::engine::{Engine, EngineConfig, ModelToLoad};
+use imago::providers::{LocalProvider, Provider, Registry, ServedModel};
+use imago_models::device::{DTypeChoice, DeviceChoice};
+use tokio::net::TcpListener;
+use tokio::runtime::Runtime;
+
+/// The runtime that serves every test server (tests' own runtimes end with each test).
+fn server_runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("imago-test-server")
+            .enable_all()
+            .build()
+            .expect("test server runtime")
+    })
+}
+
+/// A model to load under `id` from `source` (a built-in id or a folder).
+pub fn model(id: &str, source: impl Into<String>) -> ModelToLoad {
+    ModelToLoad {
+        id: id.to_string(),
+        source: source.into(),
+    }
+}
+
+/// Starts an engine thread with `models`, as `imago serve` does (CPU, f32).
+pub async fn start_engine(models: Vec<ModelToLoad>, max_queue: usize) -> (Engine, Vec<ModelCaps>) {
+    let config = EngineConfig {
+        device: DeviceChoice::Cpu,
+        dtype: DTypeChoice::F32,
+        max_queue,
+        preview_decoders: Vec::new(),
+    };
+    server_runtime()
+        .spawn(Engine::start(config, models, Default::default()))
+        .await
+        .expect("engine start task")
+        .expect("engine start")
+}
+
+/// A running server: its base URL (`http://127.0.0.1:PORT`).
+#[derive(Clone)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub engine: Engine,
+    /// The served models' capabilities (to serve the same engine again with other settings).
+    pub caps: Vec<ModelCaps>,
+}
+
+impl TestServer {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+/// Serves the app for `engine` (its models in `caps`) with `keys` and `limits` on a fresh port.
+pub async fn serve(
+    engine: Engine,
+    caps: Vec<ModelCaps>,
+    keys: Vec<ApiKey>,
+    limits: Limits,
+) -> TestServer {
+    let local = Provider::Local(LocalProvider::new(engine.clone()));
+    let registry = Registry::new(
+        caps.iter()
+            .cloned()
+            .map(|caps| ServedModel {
+                caps,
+                provider: local.clone(),
+            })
+            .collect(),
+    );
+    let state = AppState::new(AppInner {
+        registry,
+        metrics: engine.metrics().clone(),
+        public_metrics: false,
+        auth: Auth::new(keys),
+        limits,
+        engine: engine.clone(),
+    });
+    let app = build_app(state);
+    let addr = server_runtime()
+        .spawn(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("local addr");
+            tokio::spawn(async move {
+                axum::serve(listener, app).await.expect("serve");
+            });
+            addr
+        })
+        .await
+        .expect("serve task");
+    TestServer { addr, engine, caps }
+}
+
+/// A copy of a fixture model folder under the test's temporary folder, with its scheduler config
+/// edited by `edit`; the folder lives as long as the process.
+pub fn fixture_model_copy(
+    fixture: &str,
+    name: &str,
+    edit: impl FnOnce(&mut serde_json::Value),
+) -> PathBuf {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity")
+        .join(fixture)
+        .join("model");
+    let root = tempfile::Builder::new()
+        .prefix("imago-http-")
+        .tempdir()
+        .expect("temp dir")
+        .keep();
+    let target = root.join(name);
+    copy_dir(&source, &target);
+    let config_path = target.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&config_path).expect("read scheduler config");
+    let mut config: serde_json::Value = serde_json::from_str(&text).expect("scheduler config JSON");
+    edit(&mut config);
+    std::fs::write(&config_path, config.to_string()).expect("write scheduler config");
+    target
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("dir entry");
+        let path = entry.path();
+        let dest = to.join(entry.file_name());
+        if path.is_dir() {
+            copy_dir(&path, &dest);
+        } else {
+            std::fs::copy(&path, &dest).expect("copy file");
+        }
+    }
+}
