@@ -973,7 +973,10 @@ async fn local_options_are_each_accepted() {
     )
     .await;
     assert_eq!(reply.status, 400, "{}", reply.text());
-    assert!(reply.text().contains("provider.options.local.preview") && reply.text().contains("--preview-decoder"));
+    assert!(
+        reply.text().contains("provider.options.local.preview")
+            && reply.text().contains("--preview-decoder")
+    );
     // Routing fields and other providers' options are accepted; the latter are ignored.
     let reply = post(
         server,

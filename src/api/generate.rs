@@ -185,6 +185,10 @@ pub fn batch_headers(batch: &Batch) -> HeaderMap {
             .as_millis()
             .to_string(),
     );
+    if batch.steps_run > 0 {
+        let step_ms = t.denoise.as_secs_f64() * 1000.0 / batch.steps_run as f64;
+        put("x-imago-step-ms", format!("{step_ms:.1}"));
+    }
     if batch.prompt_truncated {
         put("x-imago-prompt-truncated", "true".into());
     }

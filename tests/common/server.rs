@@ -10,7 +10,7 @@ use imago::api::auth::Auth;
 use imago::api::{build_app, AppInner, AppState};
 use imago::config::{ApiKey, Limits};
 use imago::domain::caps::ModelCaps;
-use imago::engine::{Engine, EngineConfig, ModelToLoad};
+use imago::engine::{Engine, EngineConfig, ModelToLoad, PreviewDecoderToLoad};
 use imago::providers::{LocalProvider, Provider, Registry, ServedModel};
 use imago_models::device::{DTypeChoice, DeviceChoice};
 use tokio::net::TcpListener;
@@ -39,11 +39,20 @@ pub fn model(id: &str, source: impl Into<String>) -> ModelToLoad {
 
 /// Starts an engine thread with `models`, as `imago serve` does (CPU, f32).
 pub async fn start_engine(models: Vec<ModelToLoad>, max_queue: usize) -> (Engine, Vec<ModelCaps>) {
+    start_engine_with_decoders(models, max_queue, Vec::new()).await
+}
+
+/// As [`start_engine`], with `--preview-decoder`s.
+pub async fn start_engine_with_decoders(
+    models: Vec<ModelToLoad>,
+    max_queue: usize,
+    preview_decoders: Vec<PreviewDecoderToLoad>,
+) -> (Engine, Vec<ModelCaps>) {
     let config = EngineConfig {
         device: DeviceChoice::Cpu,
         dtype: DTypeChoice::F32,
         max_queue,
-        preview_decoders: Vec::new(),
+        preview_decoders,
     };
     server_runtime()
         .spawn(Engine::start(config, models, Default::default()))
