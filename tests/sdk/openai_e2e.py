@@ -118,6 +118,17 @@ def streaming():
     check("stream: the two final images differ", completed[0].b64_json != completed[1].b64_json, "identical images")
 
 
+def streaming_exact_partials():
+    # One image, partial_images=2 on a 2-step generation: exactly 2 previews, then the image.
+    events = list(generate(n=1, stream=True, partial_images=2, quality="low", size="64x64"))
+    kinds = [e.type for e in events]
+    check(
+        "stream n=1: exactly 2 partial images then image_generation.completed",
+        kinds == ["image_generation.partial_image", "image_generation.partial_image", "image_generation.completed"],
+        f"events: {kinds}",
+    )
+
+
 def edits():
     # The input: a PNG the server itself made, sent as a multipart file the way users upload one.
     source = b64_bytes("edit input", generate(size="64x64", output_format="png", quality="low").data[0].b64_json)
@@ -196,4 +207,4 @@ def errors_are_typed():
 
 
 if __name__ == "__main__":
-    run([model_list, two_webp_images, jpeg_compression, explicit_size, streaming, edits, errors_are_typed])
+    run([model_list, two_webp_images, jpeg_compression, explicit_size, streaming, streaming_exact_partials, edits, errors_are_typed])
