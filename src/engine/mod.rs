@@ -143,7 +143,8 @@ pub(crate) struct Job {
 /// Handle to the engine thread; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
-    jobs: mpsc::Sender<Job>,
+    /// Shared by every clone; `shutdown` takes it out, which closes the queue for all of them.
+    jobs: Arc<Mutex<Option<mpsc::Sender<Job>>>>,
     waiting: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,
     metrics: Arc<Metrics>,
@@ -180,7 +181,7 @@ impl Engine {
         let caps = ready_rx.await.map_err(|_| EngineError::Stopped)??;
         Ok((
             Self {
-                jobs: jobs_tx,
+                jobs: Arc::new(Mutex::new(Some(jobs_tx))),
                 waiting,
                 running,
                 metrics,
@@ -212,8 +213,11 @@ impl Engine {
             cancel: cancel.clone(),
             submitted: std::time::Instant::now(),
         };
+        let Some(sender) = self.jobs.lock().ok().and_then(|jobs| jobs.clone()) else {
+            return Err(EngineError::Stopped);
+        };
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        match self.jobs.try_send(job) {
+        match sender.try_send(job) {
             Ok(()) => Ok(JobHandle {
                 events: events_rx,
                 cancel,
@@ -253,11 +257,13 @@ impl Engine {
         self.queue_depth() >= self.max_queue
     }
 
-    /// Stops accepting jobs, lets the thread finish what it has, and joins it. Other clones of
-    /// this handle keep the channel open, so call this on the last one (the server does, on shutdown).
+    /// Stops accepting jobs (for every clone of this handle), lets the thread finish the running
+    /// and the queued jobs, and joins it.
     pub async fn shutdown(self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
         let worker = self.worker.lock().ok().and_then(|mut w| w.take());
-        drop(self);
         if let Some(handle) = worker {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
