@@ -89,20 +89,7 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
     };
     let generate: ImageGenerateRequest = serde_json::from_value(Value::Object(fields))
         .map_err(|e| ApiError::InvalidBody(e.to_string()))?;
-    let served = match &generate.model {
-        Some(model) => state
-            .registry
-            .get(model)
-            .ok_or_else(|| ApiError::UnknownModel {
-                model: model.clone(),
-                available: state.registry.ids(),
-            })?,
-        None => state
-            .registry
-            .models()
-            .first()
-            .ok_or_else(|| ApiError::NotReady("no model is loaded".into()))?,
-    };
+    let served = state.registry.lookup_or_first(generate.model.as_deref())?;
     caller.check_model(&served.caps.id)?;
     let caps = &served.caps;
     let mut images = images.into_iter();

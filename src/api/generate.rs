@@ -60,13 +60,7 @@ pub fn image_format(format: OutputFormat) -> ImageFormat {
 
 /// Fetches/decodes the reference image (a client error when it is bad) and queues the job.
 pub async fn submit(state: &AppState, request: &ValidatedRequest) -> Result<Submitted, ApiError> {
-    let served = state
-        .registry
-        .get(&request.model)
-        .ok_or_else(|| ApiError::UnknownModel {
-            model: request.model.clone(),
-            available: state.registry.ids(),
-        })?;
+    let served = state.registry.lookup(&request.model)?;
     let reference = match &request.reference {
         None => None,
         Some(source) => Some(load_reference(state, source).await?),
@@ -118,8 +112,6 @@ pub fn engine_error(err: EngineError) -> ApiError {
 
 /// Encodes the images off the async workers (PNG of a 1 MP image takes tens of ms).
 pub async fn encode(output: JobOutput, request: &ValidatedRequest) -> Result<Batch, ApiError> {
-    let format = image_format(request.output_format);
-    let compression = request.output_compression;
     let JobOutput {
         images,
         seed,
@@ -131,20 +123,7 @@ pub async fn encode(output: JobOutput, request: &ValidatedRequest) -> Result<Bat
         timings,
         queue_time,
     } = output;
-    let encoded = tokio::task::spawn_blocking(move || {
-        images
-            .iter()
-            .map(|img| {
-                imaging::encode_image(img, format, compression).map(|bytes| EncodedImage {
-                    bytes,
-                    media_type: format.media_type(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("encoder task failed: {e}")))?
-    .map_err(|e| ApiError::Internal(format!("cannot encode the image: {e}")))?;
+    let encoded = encode_images(images, request).await?;
     Ok(Batch {
         images: encoded,
         seed,
@@ -251,7 +230,7 @@ pub fn event_stream<R: StreamRenderer>(
                         partial_image_index,
                         images,
                     }) => {
-                        match encode_previews(images, &request).await {
+                        match encode_images(images, &request).await {
                             Ok(encoded) => {
                                 queue.extend(encoded.iter().enumerate().map(|(i, img)| {
                                     renderer.partial(&request, partial_image_index, i as u32, img)
@@ -290,7 +269,9 @@ pub fn event_stream<R: StreamRenderer>(
     })
 }
 
-async fn encode_previews(
+/// Encodes images in the request's format on a blocking thread (PNG of a 1 MP image takes tens of
+/// ms; previews and final images alike stay off the async workers).
+async fn encode_images(
     images: Vec<RgbImage>,
     request: &ValidatedRequest,
 ) -> Result<Vec<EncodedImage>, ApiError> {
@@ -309,7 +290,7 @@ async fn encode_previews(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("encoder task failed: {e}")))?
-    .map_err(|e| ApiError::Internal(format!("cannot encode a preview: {e}")))
+    .map_err(|e| ApiError::Internal(format!("cannot encode the image: {e}")))
 }
 
 /// Base64 of encoded image bytes.

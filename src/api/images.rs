@@ -54,13 +54,7 @@ async fn handle(
 ) -> Result<Response, ApiError> {
     let caller = state.auth.authenticate(headers)?;
     let request: ImageGenerationRequest = parse_json(body, state.limits.max_body_bytes)?;
-    let served = state
-        .registry
-        .get(&request.model)
-        .ok_or_else(|| ApiError::UnknownModel {
-            model: request.model.clone(),
-            available: state.registry.ids(),
-        })?;
+    let served = state.registry.lookup(&request.model)?;
     caller.check_model(&request.model)?;
     let validated = validate_openrouter(&request, &served.caps).map_err(ApiError::from)?;
     tracing::info!(

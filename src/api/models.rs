@@ -14,20 +14,10 @@ use super::wire::openrouter::{
 };
 use super::AppState;
 use crate::domain::caps::ModelCaps;
+use crate::domain::request::LOCAL_OPTION_KEYS;
 use crate::domain::size::resolution_side;
 use crate::error::{ApiError, Surface};
 use crate::providers::ServedModel;
-
-/// Keys of `provider.options.local`.
-pub const LOCAL_OPTIONS: &[&str] = &[
-    "steps",
-    "guidance_scale",
-    "negative_prompt",
-    "scheduler",
-    "strength",
-    "partial_images",
-    "preview",
-];
 
 /// What a model accepts, as OpenRouter's capability descriptors.
 pub fn supported_parameters(caps: &ModelCaps) -> BTreeMap<String, CapabilityDescriptor> {
@@ -163,17 +153,11 @@ pub async fn openrouter_endpoints_unscoped(
 fn endpoints(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
     let result = (|| {
         state.auth.authenticate(headers)?;
-        let model = state
-            .registry
-            .get(id)
-            .ok_or_else(|| ApiError::UnknownModel {
-                model: id.to_string(),
-                available: state.registry.ids(),
-            })?;
+        let model = state.registry.lookup(id)?;
         Ok::<_, ApiError>(ImageModelEndpointsResponse {
             id: id.to_string(),
             endpoints: vec![ImageEndpoint {
-                allowed_passthrough_parameters: LOCAL_OPTIONS
+                allowed_passthrough_parameters: LOCAL_OPTION_KEYS
                     .iter()
                     .map(|s| s.to_string())
                     .collect(),

@@ -54,20 +54,7 @@ async fn handle(
     let caller = state.auth.authenticate(headers)?;
     let request: ImageGenerateRequest = parse_json(body, state.limits.max_body_bytes)?;
     // `model` is optional in OpenAI's API: without one, the first served model answers.
-    let served = match &request.model {
-        Some(model) => state
-            .registry
-            .get(model)
-            .ok_or_else(|| ApiError::UnknownModel {
-                model: model.clone(),
-                available: state.registry.ids(),
-            })?,
-        None => state
-            .registry
-            .models()
-            .first()
-            .ok_or_else(|| ApiError::NotReady("no model is loaded".into()))?,
-    };
+    let served = state.registry.lookup_or_first(request.model.as_deref())?;
     caller.check_model(&served.caps.id)?;
     let validated = validate_openai(&request, &served.caps).map_err(ApiError::from)?;
     tracing::info!(caller = caller.name(), "generate (openai)");

@@ -1,6 +1,7 @@
 //! Which provider serves which model id, with the model's capabilities.
 use super::Provider;
 use crate::domain::caps::ModelCaps;
+use crate::error::ApiError;
 
 #[derive(Clone)]
 pub struct ServedModel {
@@ -24,6 +25,25 @@ impl Registry {
 
     pub fn models(&self) -> &[ServedModel] {
         &self.models
+    }
+
+    /// The model serving `id`, or a 404 that lists what is served.
+    pub fn lookup(&self, id: &str) -> Result<&ServedModel, ApiError> {
+        self.get(id).ok_or_else(|| ApiError::UnknownModel {
+            model: id.to_string(),
+            available: self.ids(),
+        })
+    }
+
+    /// `id`'s model, or the first served one when the request names none (OpenAI's `model` is optional).
+    pub fn lookup_or_first(&self, id: Option<&str>) -> Result<&ServedModel, ApiError> {
+        match id {
+            Some(id) => self.lookup(id),
+            None => self
+                .models
+                .first()
+                .ok_or_else(|| ApiError::NotReady("no model is loaded".into())),
+        }
     }
 
     /// The ids, for "unknown model" messages.
