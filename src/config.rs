@@ -2,7 +2,6 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use imago_models::device::{DTypeChoice, DeviceChoice};
@@ -10,6 +9,7 @@ use imago_models::loader::{cached_snapshot, hub_cache_dir, ModelSource};
 use serde::Deserialize;
 
 use crate::engine::{ModelToLoad, PreviewDecoderToLoad};
+use crate::imaging::ReferenceLimits;
 
 /// The model served when `--model` is not given and it is in the local HF cache.
 pub const PREFERRED_DEFAULT_MODEL: &str = "stabilityai/sd-turbo";
@@ -96,20 +96,15 @@ pub fn read_keys_file(path: &Path) -> Result<Vec<ApiKey>> {
 #[derive(Clone, Debug)]
 pub struct Limits {
     pub max_body_bytes: usize,
-    pub max_reference_bytes: usize,
-    pub max_reference_pixels: u64,
-    pub reference_timeout: Duration,
-    pub allow_private_urls: bool,
+    /// Size, pixels, time and addresses for `input_references`.
+    pub reference: ReferenceLimits,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 32 * 1024 * 1024,
-            max_reference_bytes: 20 * 1024 * 1024,
-            max_reference_pixels: 4096 * 4096,
-            reference_timeout: Duration::from_secs(20),
-            allow_private_urls: false,
+            reference: ReferenceLimits::default(),
         }
     }
 }

@@ -140,7 +140,7 @@ impl ApiError {
         }
     }
 
-    /// Logs what must be logged and pairs the error with its surface for the response.
+    /// Pairs the error with the surface that answers it (the response logs it).
     pub fn on(self, surface: Surface) -> ApiFailure {
         ApiFailure {
             surface,

@@ -22,19 +22,6 @@ pub struct LatentPreview {
 }
 
 impl LatentPreview {
-    /// A placeholder map (grey from the first three channels) until the fit runs.
-    pub fn identity(channels: usize) -> Self {
-        let mut weights = vec![[0.0; 3]; channels];
-        for (i, row) in weights.iter_mut().enumerate().take(3) {
-            row[i] = 0.25;
-        }
-        Self {
-            channels,
-            weights,
-            bias: [0.5; 3],
-        }
-    }
-
     /// Fits the map: decodes a seeded N(0, 1) latent (1, channels, 16, 16) with `decode` (latents in
     /// the UNet's space to images in [0, 1], NCHW), average-pools the image to the latent grid, and
     /// solves the least-squares problem for each colour.

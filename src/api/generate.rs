@@ -11,7 +11,7 @@ use crate::domain::request::{OutputFormat, ReferenceSource, ValidatedRequest};
 use crate::domain::seed::random_seed;
 use crate::engine::{EngineError, JobEvent, JobHandle, JobOutput};
 use crate::error::ApiError;
-use crate::imaging::{self, ImageFormat, ReferenceInput, ReferenceLimits};
+use crate::imaging::{self, ImageFormat, ReferenceInput};
 use crate::providers::Provider;
 use axum::response::sse::Event;
 
@@ -75,20 +75,14 @@ pub async fn submit(state: &AppState, request: &ValidatedRequest) -> Result<Subm
 }
 
 async fn load_reference(state: &AppState, source: &ReferenceSource) -> Result<RgbImage, ApiError> {
-    let limits = ReferenceLimits {
-        max_bytes: state.limits.max_reference_bytes,
-        max_pixels: state.limits.max_reference_pixels,
-        allow_private: state.limits.allow_private_urls,
-        timeout: state.limits.reference_timeout,
-        max_redirects: 5,
-    };
+    let limits = &state.limits.reference;
     let input = match source {
         ReferenceSource::DataUrl { media_type, bytes } => {
             ReferenceInput::DataUrl { media_type, bytes }
         }
         ReferenceSource::Url(url) => ReferenceInput::Url(url),
     };
-    imaging::load_reference(input, &limits)
+    imaging::load_reference(input, limits)
         .await
         .map_err(|e| ApiError::field("input_references[0]", e.to_string()))
 }
@@ -145,16 +139,27 @@ pub async fn generate(state: &AppState, request: &ValidatedRequest) -> Result<Ba
     encode(output, request).await
 }
 
+/// The headers known before a generation runs (all a stream can send): the seed and the size.
+pub fn stream_headers(seed: u64, width: usize, height: usize) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        HeaderName::from_static("x-imago-seed"),
+        HeaderValue::from(seed),
+    );
+    if let Ok(size) = HeaderValue::from_str(&format!("{width}x{height}")) {
+        headers.insert(HeaderName::from_static("x-imago-size"), size);
+    }
+    headers
+}
+
 /// Headers every successful generation response carries.
 pub fn batch_headers(batch: &Batch) -> HeaderMap {
-    let mut headers = HeaderMap::new();
+    let mut headers = stream_headers(batch.seed, batch.width, batch.height);
     let mut put = |name: &'static str, value: String| {
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.insert(HeaderName::from_static(name), value);
         }
     };
-    put("x-imago-seed", batch.seed.to_string());
-    put("x-imago-size", format!("{}x{}", batch.width, batch.height));
     put("x-imago-steps", batch.steps_run.to_string());
     put("x-queue-time-ms", batch.queue_time.as_millis().to_string());
     let t = batch.timings;
@@ -256,7 +261,6 @@ pub fn event_stream<R: StreamRenderer>(
                         }
                         queue.push_back(super::sse::done());
                     }
-                    Some(_) => job = Some(running),
                     None => {
                         queue.push_back(renderer.error(&ApiError::BadGateway(
                             "the engine stopped during the generation".into(),

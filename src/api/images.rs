@@ -96,13 +96,7 @@ fn response_body(batch: &Batch, request: &ValidatedRequest) -> ImageGenerationRe
 
 async fn stream(state: &AppState, request: ValidatedRequest) -> Result<Response, ApiError> {
     let submitted = generate::submit(state, &request).await?;
-    let mut headers = HeaderMap::new();
-    if let Ok(v) = submitted.seed.to_string().parse() {
-        headers.insert("x-imago-seed", v);
-    }
-    if let Ok(v) = format!("{}x{}", request.width, request.height).parse() {
-        headers.insert("x-imago-size", v);
-    }
+    let headers = generate::stream_headers(submitted.seed, request.width, request.height);
     let events = generate::event_stream(submitted.job, request, OpenRouterEvents);
     Ok(sse::response(events, headers))
 }

@@ -84,10 +84,7 @@ pub async fn respond(
     );
     if validated.stream {
         let submitted = generate::submit(state, &validated).await?;
-        let mut headers = HeaderMap::new();
-        if let Ok(v) = submitted.seed.to_string().parse() {
-            headers.insert("x-imago-seed", v);
-        }
+        let headers = generate::stream_headers(submitted.seed, validated.width, validated.height);
         let events = generate::event_stream(submitted.job, validated, OpenAiEvents { operation });
         return Ok(sse::response(events, headers));
     }

@@ -6,15 +6,12 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use imago_models::pipeline::{
-    GenerationRequest, InitImage, LoadedModel, StepObserver, StepProgress,
+    GenerationRequest, InitImage, LoadedModel, StepObserver, StepProgress, DEFAULT_STRENGTH,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::GenerateArgs;
 use crate::output::write_pngs;
-
-/// Default strength for image-to-image, as diffusers' SD img2img pipeline.
-const DEFAULT_STRENGTH: f64 = 0.8;
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     // Read the input image first: a bad path should fail before minutes of model loading.

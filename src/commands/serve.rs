@@ -5,6 +5,7 @@ use anyhow::Result;
 
 use crate::cli::ServeArgs;
 use crate::config::{self, ApiKey, Limits, ServerConfig};
+use crate::imaging::ReferenceLimits;
 
 pub fn run(args: ServeArgs) -> Result<()> {
     let config = server_config(args)?;
@@ -52,8 +53,10 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             .collect::<Result<Vec<_>>>()?,
         limits: Limits {
             max_body_bytes: args.max_body_bytes,
-            allow_private_urls: args.allow_private_urls,
-            ..Limits::default()
+            reference: ReferenceLimits {
+                allow_private: args.allow_private_urls,
+                ..ReferenceLimits::default()
+            },
         },
     })
 }

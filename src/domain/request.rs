@@ -14,8 +14,8 @@ use crate::api::wire::{openai, openrouter};
 use crate::domain::caps::ModelCaps;
 use crate::domain::size::{resolve_openai_size, resolve_openrouter_size};
 
-/// diffusers' img2img default `strength`, used when a reference comes without one.
-pub const DEFAULT_STRENGTH: f64 = 0.8;
+/// Used when a reference comes without a `strength`.
+pub use imago_models::pipeline::DEFAULT_STRENGTH;
 /// Partial images per image on `/api/v1` when streaming and `partial_images` is not given
 /// (a streaming OpenRouter client expects previews). `/v1` defaults to 0, as OpenAI.
 pub const DEFAULT_STREAM_PARTIAL_IMAGES: u8 = 2;

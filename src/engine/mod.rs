@@ -83,17 +83,10 @@ pub struct JobOutput {
     pub queue_time: Duration,
 }
 
-/// Progress of one job, in order: `Started`, `Step`s and `Preview`s (lossy: dropped when the
-/// caller is slow), then exactly one `Finished`.
+/// What a job reports, in order: `Preview`s (lossy: dropped when the caller is slow), then
+/// exactly one `Finished`.
 #[derive(Debug)]
 pub enum JobEvent {
-    Started {
-        queue_time: Duration,
-    },
-    Step {
-        step: usize,
-        total: usize,
-    },
     /// The predicted clean image after a step, one small picture per batch item.
     Preview {
         partial_image_index: u32,
@@ -152,7 +145,7 @@ pub struct Engine {
     worker: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
-/// Capacity of a job's event channel; step events beyond it are dropped, never `Finished`.
+/// Capacity of a job's event channel; previews beyond it are dropped, never `Finished`.
 const EVENT_CAPACITY: usize = 64;
 
 impl Engine {

@@ -60,7 +60,6 @@ pub(super) fn run(
         let queue_time = job.submitted.elapsed();
         metrics.queue_wait.observe_duration(queue_time);
         metrics.batch_size.observe(job.request.batch_size as f64);
-        let _ = job.events.try_send(JobEvent::Started { queue_time });
         shared.running.fetch_add(1, Ordering::SeqCst);
         let result = match loaded.get(&job.model) {
             None => Err(EngineError::UnknownModel(job.model.clone())),
@@ -81,7 +80,7 @@ pub(super) fn run(
                 tracing::error!(error = %other, "generation failed");
             }
         }
-        // `Finished` must arrive even when progress events filled the channel.
+        // `Finished` must arrive even when previews filled the channel.
         let _ = job.events.blocking_send(JobEvent::Finished(result));
     }
     tracing::info!("engine queue closed; engine thread exits");
@@ -290,10 +289,6 @@ impl StepObserver for JobObserver<'_> {
             .step_time
             .observe_duration(now - self.last_step);
         self.last_step = now;
-        let _ = self.events.try_send(JobEvent::Step {
-            step: progress.step,
-            total: progress.total,
-        });
         if self.partial_images > 0
             && preview_steps(progress.total, self.partial_images).contains(&progress.step)
         {

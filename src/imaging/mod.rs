@@ -72,14 +72,14 @@ pub struct ReferenceLimits {
 }
 
 impl Default for ReferenceLimits {
-    /// 20 MiB, 4096x4096 pixels, public addresses only, 10 s, 3 redirects.
+    /// The server's limits: 20 MiB, 4096x4096 pixels, public addresses only, 20 s, 5 redirects.
     fn default() -> Self {
         ReferenceLimits {
             max_bytes: 20 * 1024 * 1024,
             max_pixels: 4096 * 4096,
             allow_private: false,
-            timeout: Duration::from_secs(10),
-            max_redirects: 3,
+            timeout: Duration::from_secs(20),
+            max_redirects: 5,
         }
     }
 }

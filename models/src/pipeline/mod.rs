@@ -14,7 +14,7 @@ use image::RgbImage;
 
 pub use components::ComponentStore;
 pub use observer::{NoObserver, StepObserver, StepProgress};
-pub use request::{img2img_steps, GenerationRequest, InitImage, MAX_BATCH};
+pub use request::{img2img_steps, GenerationRequest, InitImage, DEFAULT_STRENGTH, MAX_BATCH};
 pub use stable_diffusion::{PromptEmbeddings, StableDiffusionPipeline};
 
 use crate::builtin::BuiltInComponents;

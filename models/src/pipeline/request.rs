@@ -4,6 +4,9 @@ use image::RgbImage;
 use crate::error::{ModelError, Result};
 use crate::schedulers::SchedulerChoice;
 
+/// diffusers' image-to-image default `strength`.
+pub const DEFAULT_STRENGTH: f64 = 0.8;
+
 /// Largest batch one request may ask for (the HTTP API allows 1-10).
 pub const MAX_BATCH: usize = 10;
 

@@ -141,7 +141,11 @@ impl StableDiffusionPipeline {
                 "{err}; requests that name no scheduler use {FALLBACK_SCHEDULER} (built from the model's scheduler config)"
             );
         }
-        let mut pipeline = Self {
+        // Fitted before `Self` exists: it only needs the VAE.
+        let preview = LatentPreview::fit(unet_config.in_channels, device, |z| {
+            decode_with_vae(&vae, vae_dtype, device, z)
+        })?;
+        Ok(Self {
             family,
             device: device.clone(),
             dtype,
@@ -154,11 +158,8 @@ impl StableDiffusionPipeline {
             vae_dtype,
             scheduler_config,
             vae_scale_factor,
-            preview: LatentPreview::identity(4),
-        };
-        let channels = pipeline.unet_config.in_channels;
-        pipeline.preview = LatentPreview::fit(channels, device, |z| pipeline.decode_latents(z))?;
-        Ok(pipeline)
+            preview,
+        })
     }
 
     pub fn latent_channels(&self) -> usize {
@@ -440,7 +441,7 @@ impl StableDiffusionPipeline {
         let config = self.vae.config();
         let scaling = config.scaling_factor;
         if let (Some(mean), Some(std)) = (&config.latents_mean, &config.latents_std) {
-            let (mean, std) = self.channel_stats(mean, std)?;
+            let (mean, std) = channel_stats(&self.device, mean, std)?;
             return Ok(((encoded.broadcast_sub(&mean)? * scaling)?.broadcast_div(&std))?);
         }
         let shift = config.shift_factor.unwrap_or(0.0);
@@ -449,24 +450,36 @@ impl StableDiffusionPipeline {
 
     /// The inverse of [`Self::scale_latents`], then the VAE decoder; images in [0, 1], NCHW f32.
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
-        let config = self.vae.config();
-        let scaling = config.scaling_factor;
-        let z = if let (Some(mean), Some(std)) = (&config.latents_mean, &config.latents_std) {
-            let (mean, std) = self.channel_stats(mean, std)?;
-            ((latents.broadcast_mul(&std)? / scaling)?.broadcast_add(&mean))?
-        } else {
-            ((latents / scaling)? + config.shift_factor.unwrap_or(0.0))?
-        };
-        let decoded = self.vae.decode(&z.to_dtype(self.vae_dtype)?)?;
-        image_io::denormalize(&decoded)
+        decode_with_vae(&self.vae, self.vae_dtype, &self.device, latents)
     }
+}
 
-    fn channel_stats(&self, mean: &[f64], std: &[f64]) -> Result<(Tensor, Tensor)> {
-        let c = mean.len();
-        let to_tensor = |v: &[f64]| -> Result<Tensor> {
-            let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-            Ok(Tensor::from_vec(v, (1, c, 1, 1), &self.device)?)
-        };
-        Ok((to_tensor(mean)?, to_tensor(std)?))
-    }
+/// Unscales latents as the VAE config says (`z * std / scaling + mean` with per-channel
+/// statistics, `z / scaling + shift` otherwise), decodes them, and maps the result to [0, 1].
+fn decode_with_vae(
+    vae: &AutoencoderKL,
+    vae_dtype: DType,
+    device: &Device,
+    latents: &Tensor,
+) -> Result<Tensor> {
+    let config = vae.config();
+    let scaling = config.scaling_factor;
+    let z = if let (Some(mean), Some(std)) = (&config.latents_mean, &config.latents_std) {
+        let (mean, std) = channel_stats(device, mean, std)?;
+        ((latents.broadcast_mul(&std)? / scaling)?.broadcast_add(&mean))?
+    } else {
+        ((latents / scaling)? + config.shift_factor.unwrap_or(0.0))?
+    };
+    let decoded = vae.decode(&z.to_dtype(vae_dtype)?)?;
+    image_io::denormalize(&decoded)
+}
+
+/// A VAE config's per-channel latent mean and std as (1, C, 1, 1) tensors.
+fn channel_stats(device: &Device, mean: &[f64], std: &[f64]) -> Result<(Tensor, Tensor)> {
+    let c = mean.len();
+    let to_tensor = |v: &[f64]| -> Result<Tensor> {
+        let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
+        Ok(Tensor::from_vec(v, (1, c, 1, 1), device)?)
+    };
+    Ok((to_tensor(mean)?, to_tensor(std)?))
 }
