@@ -9,6 +9,7 @@ mod ddim;
 mod dpm_solver;
 mod euler;
 mod euler_ancestral;
+mod flow_match;
 mod noise_schedule;
 mod spacing;
 mod tensor_ops;
@@ -23,6 +24,7 @@ pub use ddim::Ddim;
 pub use dpm_solver::DpmSolverMultistep;
 pub use euler::EulerDiscrete;
 pub use euler_ancestral::EulerAncestralDiscrete;
+pub use flow_match::{calculate_shift, FlowMatchConfig, FlowMatchEulerScheduler, TimeShiftType};
 
 use crate::error::{ModelError, Result};
 use crate::rng::TorchGenerator;
