@@ -68,11 +68,16 @@ impl AutoencoderKL {
 
     /// `image`: NCHW in [-1, 1].
     pub fn encode(&self, image: &Tensor) -> Result<DiagonalGaussian> {
-        let mut moments = self.encoder.forward(image)?;
-        if let Some(conv) = &self.quant_conv {
-            moments = conv.forward(&moments)?;
-        }
-        DiagonalGaussian::from_moments(&moments)
+        DiagonalGaussian::from_moments(&self.moments(image)?)
+    }
+
+    /// The encoder's output after quant_conv: (batch, 2 * latent, h, w), before the split.
+    pub(super) fn moments(&self, image: &Tensor) -> Result<Tensor> {
+        let moments = self.encoder.forward(image)?;
+        Ok(match &self.quant_conv {
+            Some(conv) => conv.forward(&moments)?,
+            None => moments,
+        })
     }
 
     /// `latents`: already divided by scaling_factor (and shifted back by shift_factor).
