@@ -107,7 +107,10 @@ impl FluxTransformer2DModel {
         txt_ids: &Tensor,
         guidance: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let img = self.x_embedder.forward(&img.to_dtype(self.dtype)?)?;
+        // Contiguous inputs: candle's batched matmul misreads a non-contiguous left operand.
+        let img = self
+            .x_embedder
+            .forward(&img.to_dtype(self.dtype)?.contiguous()?)?;
         // `timestep.to(hidden_states.dtype) * 1000`, in that order.
         let timestep = (timestep.to_dtype(self.dtype)? * TIME_SCALE)?;
         let guidance = match guidance {
@@ -119,7 +122,9 @@ impl FluxTransformer2DModel {
             guidance.as_ref(),
             &pooled.to_dtype(self.dtype)?,
         )?;
-        let txt = self.context_embedder.forward(&txt.to_dtype(self.dtype)?)?;
+        let txt = self
+            .context_embedder
+            .forward(&txt.to_dtype(self.dtype)?.contiguous()?)?;
 
         let ids = Tensor::cat(
             &[
