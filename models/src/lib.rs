@@ -3,6 +3,7 @@
 pub mod builtin;
 pub mod device;
 pub mod error;
+pub mod flux;
 pub mod loader;
 pub mod nn;
 pub mod pipeline;
