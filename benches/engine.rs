@@ -22,33 +22,38 @@ fn request(side: usize, steps: usize) -> GenerationRequest {
         batch_size: 1,
         scheduler: None,
         init_image: None,
+        max_sequence_length: None,
     }
 }
 
 fn pipelines(c: &mut Criterion) {
-    for id in ["imago/tiny-sd", "imago/tiny-sdxl"] {
+    for id in ["imago/tiny-sd", "imago/tiny-sdxl", "imago/tiny-flux"] {
         let model =
             LoadedModel::load(id, DeviceChoice::Cpu, DTypeChoice::F32).expect("built-in model");
-        let DiffusionPipeline::StableDiffusion(sd) = &model.pipeline;
         let name = id.trim_start_matches("imago/");
+        let prompt = "a lighthouse at dusk, oil painting";
         for side in [256usize, 512] {
             let mut group = c.benchmark_group(format!("cpu/{name}/{side}"));
             group
                 .sample_size(10)
                 .measurement_time(Duration::from_secs(5));
-            group.bench_function("text_encode", |b| {
-                b.iter(|| {
-                    black_box(
-                        sd.encode_prompt("a lighthouse at dusk, oil painting", None, 1, false)
-                            .unwrap(),
-                    )
-                })
+            group.bench_function("text_encode", |b| match &model.pipeline {
+                DiffusionPipeline::StableDiffusion(sd) => {
+                    b.iter(|| black_box(sd.encode_prompt(prompt, None, 1, false).unwrap()))
+                }
+                DiffusionPipeline::Flux(flux) => {
+                    b.iter(|| black_box(flux.encode_prompt(prompt, 64, 1).unwrap()))
+                }
             });
             let latents = TorchGenerator::new(1)
-                .randn_tensor(&[1, 4, side / 8, side / 8], &Device::Cpu, DType::F32)
+                .randn_tensor(
+                    &[1, model.latent_channels(), side / 8, side / 8],
+                    &Device::Cpu,
+                    DType::F32,
+                )
                 .unwrap();
             group.bench_function("vae_decode", |b| {
-                b.iter(|| black_box(sd.decode_latents(&latents).unwrap()))
+                b.iter(|| black_box(model.decode_latents(&latents).unwrap()))
             });
             group.bench_function("generate_1_step", |b| {
                 b.iter(|| black_box(model.generate(&request(side, 1), &mut NoObserver).unwrap()))

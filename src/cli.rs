@@ -98,6 +98,11 @@ pub struct ServeArgs {
     /// Serve `/metrics` without an API key (it needs one when keys are configured).
     #[arg(long, env = "IMAGO_PUBLIC_METRICS")]
     pub public_metrics: bool,
+
+    /// FLUX: release the T5 encoder after each prompt and load it again (memory-mapped) for the
+    /// next one, so it does not stay resident beside the transformer.
+    #[arg(long, env = "IMAGO_LOW_MEMORY")]
+    pub low_memory: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,9 +157,19 @@ pub struct GenerateArgs {
     #[arg(long, env = "IMAGO_STRENGTH", requires = "image")]
     pub strength: Option<f64>,
 
-    /// Scheduler instead of the model's: euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, euler_karras.
+    /// Scheduler instead of the model's: euler, euler_a, ddim, dpmpp_2m, dpmpp_2m_karras, euler_karras
+    /// (Stable Diffusion families; FLUX uses its flow-matching Euler scheduler).
     #[arg(long, env = "IMAGO_SCHEDULER")]
     pub scheduler: Option<SchedulerChoice>,
+
+    /// FLUX: T5 tokens the prompt is padded or truncated to (at most 512; default: the model's,
+    /// 256 for schnell, 512 for dev).
+    #[arg(long, env = "IMAGO_MAX_SEQUENCE_LENGTH")]
+    pub max_sequence_length: Option<usize>,
+
+    /// FLUX: release the T5 encoder once the prompt is encoded, before denoising.
+    #[arg(long, env = "IMAGO_LOW_MEMORY")]
+    pub low_memory: bool,
 
     /// auto, cpu, cuda, cuda:N or metal.
     #[arg(long, env = "IMAGO_DEVICE", default_value = "auto")]

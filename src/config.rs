@@ -121,6 +121,8 @@ pub struct ServerConfig {
     /// Serve `/metrics` without an API key.
     pub public_metrics: bool,
     pub preview_decoders: Vec<PreviewDecoderToLoad>,
+    /// FLUX: release the T5 encoder between prompts.
+    pub low_memory: bool,
 }
 
 /// `--preview-decoder [MODEL_ID=]SOURCE`.

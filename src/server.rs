@@ -10,6 +10,7 @@ use crate::config::ServerConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::Metrics;
 use crate::providers::{LocalProvider, Provider, Registry, ServedModel};
+use imago_models::pipeline::LoadOptions;
 
 /// Runs the server with `config` until a shutdown signal.
 pub async fn run(config: ServerConfig) -> Result<()> {
@@ -18,6 +19,9 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         dtype: config.dtype,
         max_queue: config.max_queue,
         preview_decoders: config.preview_decoders.clone(),
+        load_options: LoadOptions {
+            low_memory: config.low_memory,
+        },
     };
     let metrics = Arc::new(Metrics::default());
     let (engine, caps) =

@@ -43,6 +43,9 @@ fn case_args(case: &Case, out: &Path) -> Vec<String> {
     if let Some(negative) = &case.negative_prompt {
         args.extend(["--negative-prompt".into(), negative.clone()]);
     }
+    if let Some(len) = case.max_sequence_length {
+        args.extend(["--max-sequence-length".into(), len.to_string()]);
+    }
     if let Some(image) = case.input_image_path() {
         args.extend(["--image".into(), image.display().to_string()]);
         args.extend(["--strength".into(), case.strength.unwrap().to_string()]);
@@ -67,15 +70,20 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn generate_matches_every_parity_case_png() {
-    for name in [
-        "sd-turbo-1step",
-        "sd-euler-cfg",
-        "sdxl-turbo-1step",
-        "sd-img2img",
-        "sd-dpmpp-vpred",
-        "sd-euler-a-3step",
+    for (set, name) in [
+        ("parity", "sd-turbo-1step"),
+        ("parity", "sd-euler-cfg"),
+        ("parity", "sdxl-turbo-1step"),
+        ("parity", "sd-img2img"),
+        ("parity", "sd-dpmpp-vpred"),
+        ("parity", "sd-euler-a-3step"),
+        ("parity", "flux-schnell-4step"),
+        ("extra", "flux-single-file"),
+        ("extra", "flux-dev-guidance-dynamic"),
+        ("extra", "flux-img2img"),
+        ("extra", "flux-schnell-nonsquare-batch2"),
     ] {
-        let case = Case::load("parity", name);
+        let case = Case::load(set, name);
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         let stdout = run_ok(&case_args(&case, &out));
@@ -126,6 +134,7 @@ fn builtin_models_generate_without_any_files() {
         ("imago/tiny-sd", "f32"),
         ("imago/tiny-sdxl", "f32"),
         ("imago/tiny-sdxl", "f16"),
+        ("imago/tiny-flux", "f32"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
@@ -158,6 +167,39 @@ fn builtin_models_generate_without_any_files() {
             img.pixels().any(|p| p != first),
             "{model} produced a flat image"
         );
+    }
+}
+
+/// `--low-memory` (T5 released after encoding) changes where memory goes, not the picture; FLUX
+/// refuses what it has no use for, naming the option.
+#[test]
+fn flux_low_memory_gives_the_same_image_and_bad_options_are_named() {
+    let case = Case::load("parity", "flux-schnell-4step");
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("plain");
+    run_ok(&case_args(&case, &plain));
+    let low = dir.path().join("low");
+    let mut args = case_args(&case, &low);
+    args.push("--low-memory".into());
+    run_ok(&args);
+    assert_eq!(
+        std::fs::read(plain.join("0.png")).unwrap(),
+        std::fs::read(low.join("0.png")).unwrap()
+    );
+    for (extra, named) in [
+        (["--negative-prompt", "blurry"], "negative_prompt"),
+        (["--scheduler", "ddim"], "scheduler"),
+        (["--max-sequence-length", "513"], "max_sequence_length"),
+        (["--width", "72"], "multiple of 16"),
+    ] {
+        let out = dir.path().join("bad");
+        let mut args = case_args(&case, &out);
+        match args.iter().position(|a| a == extra[0]) {
+            Some(at) => args[at + 1] = extra[1].to_string(),
+            None => args.extend(extra.iter().map(|s| s.to_string())),
+        }
+        let message = expect_error(&args, &out);
+        assert!(message.contains(named), "{extra:?}: {message}");
     }
 }
 

@@ -20,6 +20,8 @@ const TINY: &str = "imago/tiny-sd";
 const FIXTURE: &str = "fixture-sd-turbo";
 /// A fixture copy whose scheduler config only fails when a generation builds the scheduler.
 const BROKEN: &str = "broken-scheduler";
+/// The FLUX parity fixture (schnell-like) served under an id of our choosing.
+const FLUX: &str = "fixture-flux";
 const KEY: &str = "sk-test-full";
 /// A key whose allow-list (in the keys file) holds only the tiny model.
 const LIMITED_KEY: &str = "sk-test-limited";
@@ -35,6 +37,8 @@ async fn main_server() -> &'static TestServer {
     MAIN.get_or_init(|| async {
         let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures/parity/sd-turbo-1step/model");
+        let flux = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/parity/flux-schnell-4step/model");
         let broken = fixture_model_copy("sd-turbo-1step", BROKEN, |config| {
             config["timestep_spacing"] = json!("bogus");
         });
@@ -43,6 +47,7 @@ async fn main_server() -> &'static TestServer {
                 model(TINY, TINY),
                 model(FIXTURE, fixture.to_string_lossy()),
                 model(BROKEN, broken.to_string_lossy()),
+                model(FLUX, flux.to_string_lossy()),
             ],
             64,
         )
@@ -1739,4 +1744,107 @@ async fn openapi_document_is_served_and_committed() {
         committed == String::from_utf8_lossy(&printed.stdout),
         "openapi.json is stale: run `cargo run -q -- print-openapi > openapi.json`"
     );
+}
+
+// ------------------------------------------------------------------------------------------------
+// FLUX
+// ------------------------------------------------------------------------------------------------
+
+/// A FLUX model through the OpenRouter route gives diffusers' image for the parity case, sizes
+/// come out in multiples of 16, previews stream, and options FLUX has no use for are refused.
+#[tokio::test]
+async fn flux_models_work_through_the_openrouter_route() {
+    let server = main_server().await;
+    let case_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity/flux-schnell-4step");
+    let case: Value =
+        serde_json::from_str(&std::fs::read_to_string(case_dir.join("case.json")).unwrap())
+            .unwrap();
+    let reply = post(
+        server,
+        OR,
+        &json!({
+            "model": FLUX,
+            "prompt": case["prompt"],
+            "seed": case["seed"],
+            "size": "64x64",
+            "provider": {"options": {"local": {"steps": case["steps"], "guidance_scale": 0,
+                "max_sequence_length": case["max_sequence_length"]}}},
+        }),
+    )
+    .await
+    .expect(200);
+    let got = image::load_from_memory(&images(&reply)[0])
+        .unwrap()
+        .to_rgb8();
+    let want = image::open(case_dir.join("expected-0.png"))
+        .unwrap()
+        .to_rgb8();
+    assert_eq!(got.dimensions(), want.dimensions());
+    let worst = got
+        .as_raw()
+        .iter()
+        .zip(want.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(
+        worst <= 2,
+        "FLUX over HTTP differs from diffusers by {worst}/255"
+    );
+
+    // Sizes are rounded to FLUX's multiple of 16.
+    for body in [
+        json!({"model": FLUX, "prompt": "a cat", "size": "72x100", "stream": true}),
+        json!({"model": FLUX, "prompt": "a cat", "aspect_ratio": "16:9", "resolution": "512", "stream": true}),
+    ] {
+        match planned_size(server, &body).await {
+            Ok((w, h)) => assert!(w % 16 == 0 && h % 16 == 0, "{w}x{h} for {body}"),
+            Err(reply) => panic!("{body}: {}", reply.text()),
+        }
+    }
+
+    // Streams carry previews, then the image.
+    let reply = post(
+        server,
+        OR,
+        &json!({"model": FLUX, "prompt": "a cat", "size": "64x64", "stream": true,
+            "provider": {"options": {"local": {"steps": 3, "max_sequence_length": 16}}}}),
+    )
+    .await
+    .expect(200);
+    let kinds: Vec<String> = stream_events(&reply)
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        kinds.iter().any(|k| k == "image_generation.partial_image"),
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last().unwrap(), "image_generation.completed");
+
+    for (option, value) in [
+        ("negative_prompt", json!("blurry")),
+        ("scheduler", json!("ddim")),
+        ("max_sequence_length", json!(513)),
+    ] {
+        let reply = post(
+            server,
+            OR,
+            &json!({"model": FLUX, "prompt": "a cat", "size": "64x64",
+                "provider": {"options": {"local": {option: value}}}}),
+        )
+        .await
+        .expect(400);
+        assert_or_field_error(&reply, &format!("provider.options.local.{option}"), option);
+    }
+    // T5's length is a FLUX option only.
+    let reply = post(
+        server,
+        OR,
+        &or_body(json!({"provider": {"options": {"local": {"max_sequence_length": 64}}}})),
+    )
+    .await
+    .expect(400);
+    assert_or_field_error(&reply, "provider.options.local.max_sequence_length", "FLUX");
 }

@@ -1,4 +1,4 @@
-//! The built-in tiny models (`imago/tiny-sd`, `imago/tiny-sdxl`): real architectures at toy size,
+//! The built-in tiny models (`imago/tiny-sd`, `imago/tiny-sdxl`, `imago/tiny-flux`): real architectures at toy size,
 //! configs embedded from `models/builtin/`, weights generated deterministically in memory.
 //! They run without any download, for demos and tests; their pictures are noise-like.
 use std::collections::HashMap;
@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use crate::error::{ModelError, Result};
 use crate::loader::BuiltInModel;
-use crate::schedulers::SchedulerConfig;
-use crate::text::ClipTokenizer;
+use crate::schedulers::{FlowMatchConfig, SchedulerConfig};
+use crate::text::{ClipTokenizer, T5Tokenizer};
 use crate::tiny_weights::{deterministic_var_builder, tiny_clip_vocab};
 
 const TINY_SD: &[(&str, &str)] = &[
@@ -52,9 +52,38 @@ const TINY_SDXL: &[(&str, &str)] = &[
     ("vae", include_str!("../builtin/tiny-sdxl/vae.json")),
 ];
 
+const TINY_FLUX: &[(&str, &str)] = &[
+    (
+        "model_index",
+        include_str!("../builtin/tiny-flux/model_index.json"),
+    ),
+    (
+        "scheduler",
+        include_str!("../builtin/tiny-flux/scheduler.json"),
+    ),
+    (
+        "text_encoder",
+        include_str!("../builtin/tiny-flux/text_encoder.json"),
+    ),
+    (
+        "text_encoder_2",
+        include_str!("../builtin/tiny-flux/text_encoder_2.json"),
+    ),
+    (
+        "tokenizer_2",
+        include_str!("../builtin/tiny-flux/tokenizer_2.json"),
+    ),
+    (
+        "transformer",
+        include_str!("../builtin/tiny-flux/transformer.json"),
+    ),
+    ("vae", include_str!("../builtin/tiny-flux/vae.json")),
+];
+
 /// The CLIP window of the built-in tokenizers, as the real ones.
 const MODEL_MAX_LENGTH: usize = 77;
 
+#[derive(Clone)]
 pub struct BuiltInComponents {
     model: BuiltInModel,
     files: &'static [(&'static str, &'static str)],
@@ -68,6 +97,7 @@ impl BuiltInComponents {
         let files = match model {
             BuiltInModel::TinySd => TINY_SD,
             BuiltInModel::TinySdxl => TINY_SDXL,
+            BuiltInModel::TinyFlux => TINY_FLUX,
         };
         let (vocab, merges) = tiny_clip_vocab();
         let mut this = Self {
@@ -107,8 +137,14 @@ impl BuiltInComponents {
             .unwrap_or_default()
     }
 
+    /// A listed component; the CLIP tokenizers are built in, so a tokenizer exists beside each
+    /// text encoder.
     pub fn has_component(&self, name: &str) -> bool {
-        self.files.iter().any(|(n, _)| *n == name)
+        let listed = |n: &str| self.files.iter().any(|(file, _)| *file == n);
+        match name.strip_prefix("tokenizer") {
+            Some(suffix) => listed(name) || listed(&format!("text_encoder{suffix}")),
+            None => listed(name),
+        }
     }
 
     pub fn index_value<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
@@ -120,10 +156,15 @@ impl BuiltInComponents {
         }
     }
 
-    /// A component's config; text encoders get the built-in tokenizer's vocabulary size and ids.
+    /// A component's config; CLIP text encoders get the built-in CLIP tokenizer's vocabulary size
+    /// and ids (T5's config carries its own tokenizer's).
     pub fn config<T: DeserializeOwned>(&self, component: &str) -> Result<T> {
         let mut value = self.json(component)?;
-        if component.starts_with("text_encoder") {
+        let is_clip = value
+            .get("model_type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.starts_with("clip"));
+        if is_clip {
             let n = self.vocab.len() as u64;
             let eos = self.vocab.get("<|endoftext|>").copied().unwrap_or(0) as u64;
             let bos = self.vocab.get("<|startoftext|>").copied().unwrap_or(0) as u64;
@@ -139,14 +180,21 @@ impl BuiltInComponents {
         })
     }
 
-    pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
-        let text = self
-            .files
+    fn scheduler_json(&self) -> &'static str {
+        self.files
             .iter()
             .find(|(name, _)| *name == "scheduler")
             .map(|(_, text)| *text)
-            .unwrap_or_default();
-        SchedulerConfig::from_json(text)
+            .unwrap_or_default()
+    }
+
+    pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
+        SchedulerConfig::from_json(self.scheduler_json())
+            .map_err(|e| ModelError::invalid_file("builtin scheduler.json", e.to_string()))
+    }
+
+    pub fn flow_match_config(&self) -> Result<FlowMatchConfig> {
+        FlowMatchConfig::from_json(self.scheduler_json())
             .map_err(|e| ModelError::invalid_file("builtin scheduler.json", e.to_string()))
     }
 
@@ -160,6 +208,20 @@ impl BuiltInComponents {
     ) -> VarBuilder<'static> {
         let seed = fnv1a(format!("{}/{component}", self.model).as_bytes());
         deterministic_var_builder(seed, dtype, device)
+    }
+
+    /// The built-in T5 tokenizer (`tokenizer_2`): a small unigram vocabulary of T5's shape.
+    pub fn t5_tokenizer(&self) -> Result<T5Tokenizer> {
+        let text = self
+            .files
+            .iter()
+            .find(|(name, _)| *name == "tokenizer_2")
+            .map(|(_, text)| *text)
+            .ok_or_else(|| ModelError::MissingFile {
+                what: format!("T5 tokenizer of built-in model {}", self.model),
+                path: format!("builtin/{}/tokenizer_2.json", self.model).into(),
+            })?;
+        T5Tokenizer::from_json_bytes(text.as_bytes())
     }
 
     pub fn clip_tokenizer(&self) -> Result<ClipTokenizer> {

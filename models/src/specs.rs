@@ -35,6 +35,9 @@ pub struct Defaults {
     pub guidance: f64,
     pub width: usize,
     pub height: usize,
+    /// FLUX: the T5 sequence length prompts are padded to (256 for schnell, 512 for dev).
+    #[serde(default)]
+    pub max_sequence_length: Option<usize>,
 }
 
 /// Steps for each OpenRouter `quality` level.
@@ -75,6 +78,18 @@ pub struct ModelSpec {
 }
 
 const SPEC_FILES: &[(&str, &str)] = &[
+    (
+        "black-forest-labs--FLUX.1-dev.toml",
+        include_str!("../specs/black-forest-labs--FLUX.1-dev.toml"),
+    ),
+    (
+        "black-forest-labs--FLUX.1-schnell.toml",
+        include_str!("../specs/black-forest-labs--FLUX.1-schnell.toml"),
+    ),
+    (
+        "imago--tiny-flux.toml",
+        include_str!("../specs/imago--tiny-flux.toml"),
+    ),
     (
         "imago--tiny-sd.toml",
         include_str!("../specs/imago--tiny-sd.toml"),
@@ -154,7 +169,19 @@ mod tests {
         for (spec, (file, _)) in specs.iter().zip(SPEC_FILES) {
             assert_eq!(*file, format!("{}.toml", spec.id.replace('/', "--")));
             assert!(spec.defaults.steps >= 1 && spec.defaults.steps <= spec.limits.max_steps);
-            assert!(spec.defaults.width % 8 == 0 && spec.defaults.height % 8 == 0);
+            // FLUX packs 2x2 latent patches: sides are multiples of 16.
+            let multiple = if spec.family == Family::Flux { 16 } else { 8 };
+            assert!(
+                spec.defaults.width % multiple == 0 && spec.defaults.height % multiple == 0,
+                "{}",
+                spec.id
+            );
+            assert_eq!(
+                spec.family == Family::Flux,
+                spec.defaults.max_sequence_length.is_some(),
+                "{}: max_sequence_length is a FLUX default only",
+                spec.id
+            );
             assert!(
                 spec.limits.min_side <= spec.defaults.width
                     && spec.defaults.width <= spec.limits.max_side
@@ -170,5 +197,23 @@ mod tests {
             Family::StableDiffusionXl
         );
         assert!(find("nobody/nothing").is_none());
+        let dev = find("black-forest-labs/FLUX.1-dev").unwrap();
+        assert_eq!(
+            (
+                dev.defaults.steps,
+                dev.defaults.guidance,
+                dev.defaults.max_sequence_length
+            ),
+            (28, 3.5, Some(512))
+        );
+        let schnell = find_by_folder_name("FLUX.1-schnell").unwrap();
+        assert_eq!(
+            (
+                schnell.defaults.steps,
+                schnell.defaults.guidance,
+                schnell.defaults.max_sequence_length
+            ),
+            (4, 0.0, Some(256))
+        );
     }
 }

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use imago_models::pipeline::{
-    GenerationRequest, InitImage, LoadedModel, StepObserver, StepProgress, DEFAULT_STRENGTH,
+    GenerationRequest, InitImage, LoadOptions, LoadedModel, StepObserver, StepProgress,
+    DEFAULT_STRENGTH,
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -24,7 +25,21 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         None => None,
     };
     let load_started = Instant::now();
-    let model = LoadedModel::load(&args.model, args.device, args.dtype)
+    let options = LoadOptions {
+        low_memory: args.low_memory,
+    };
+    let model = args
+        .device
+        .open()
+        .map_err(anyhow::Error::from)
+        .and_then(|device| {
+            Ok(LoadedModel::load_on(
+                &args.model,
+                &device,
+                args.dtype,
+                options,
+            )?)
+        })
         .with_context(|| format!("cannot load model {}", args.model))?;
     let load_time = load_started.elapsed();
     let defaults = model.defaults();
@@ -52,6 +67,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             image,
             strength: args.strength.unwrap_or(DEFAULT_STRENGTH),
         }),
+        max_sequence_length: args.max_sequence_length,
     };
     request.validate(multiple)?;
 

@@ -7,7 +7,7 @@ use std::fmt;
 use base64::Engine as _;
 use imago_models::pipeline::img2img_steps;
 use imago_models::schedulers::SchedulerChoice;
-use imago_models::specs::QualitySteps;
+use imago_models::specs::{Family, QualitySteps};
 use serde_json::Value;
 
 use crate::api::wire::{openai, openrouter};
@@ -29,7 +29,7 @@ pub const MAX_SESSION_ID_CHARS: usize = 256;
 /// The provider slug of this server's own engine.
 pub const LOCAL_PROVIDER: &str = "local";
 /// Keys accepted under `provider.options.local`.
-pub const LOCAL_OPTION_KEYS: [&str; 7] = [
+pub const LOCAL_OPTION_KEYS: [&str; 8] = [
     "steps",
     "guidance_scale",
     "negative_prompt",
@@ -37,7 +37,10 @@ pub const LOCAL_OPTION_KEYS: [&str; 7] = [
     "strength",
     "partial_images",
     "preview",
+    "max_sequence_length",
 ];
+/// FLUX's T5 window: diffusers refuses longer `max_sequence_length`s.
+pub const MAX_SEQUENCE_LENGTH: usize = 512;
 
 /// A request field that cannot be honoured.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -263,6 +266,8 @@ pub struct ValidatedRequest {
     pub steps: usize,
     pub guidance_scale: f64,
     pub scheduler: Option<SchedulerChoice>,
+    /// FLUX: T5 tokens the prompt is padded to; `None` takes the model's default.
+    pub max_sequence_length: Option<usize>,
     pub reference: Option<ReferenceSource>,
     /// img2img strength in (0, 1]; meaningful only with a reference (default 0.8).
     pub strength: f64,
@@ -379,6 +384,7 @@ pub fn validate_openrouter(
         steps,
         guidance_scale: local.guidance_scale.unwrap_or(caps.default_guidance),
         scheduler: local.scheduler,
+        max_sequence_length: local.max_sequence_length,
         reference,
         strength,
         output_format,
@@ -402,6 +408,7 @@ struct LocalOptions {
     strength: Option<f64>,
     partial_images: Option<u8>,
     preview: Option<PreviewMode>,
+    max_sequence_length: Option<usize>,
 }
 
 /// Routing must leave `local` (the only provider) usable; returns the local options.
@@ -498,6 +505,15 @@ fn parse_local_options(
                     FieldError::new(&field, format!("must be a string, got {value}"))
                 })?;
                 check_prompt(&field, text)?;
+                if caps.family == Family::Flux {
+                    return Err(FieldError::new(
+                        &field,
+                        format!(
+                            "model {} is a FLUX model: it takes no negative prompt (one conditional pass per step)",
+                            caps.id
+                        ),
+                    ));
+                }
                 out.negative_prompt = Some(text.to_string());
             }
             "scheduler" => {
@@ -517,6 +533,30 @@ fn parse_local_options(
             }
             "partial_images" => {
                 out.partial_images = Some(check_partial_images(&field, value.as_i64(), value)?);
+            }
+            "max_sequence_length" => {
+                if caps.family != Family::Flux {
+                    return Err(FieldError::new(
+                        &field,
+                        format!(
+                            "applies to FLUX models (T5 tokens) only; model {} is {}",
+                            caps.id,
+                            caps.family.as_str()
+                        ),
+                    ));
+                }
+                let len = value
+                    .as_u64()
+                    .filter(|l| (1..=MAX_SEQUENCE_LENGTH as u64).contains(l))
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            &field,
+                            format!(
+                                "must be an integer between 1 and {MAX_SEQUENCE_LENGTH}, got {value}"
+                            ),
+                        )
+                    })?;
+                out.max_sequence_length = Some(len as usize);
             }
             "preview" => {
                 out.preview =
@@ -546,6 +586,15 @@ fn check_scheduler(
     name: &str,
     caps: &ModelCaps,
 ) -> Result<SchedulerChoice, FieldError> {
+    if caps.schedulers.is_empty() {
+        return Err(FieldError::new(
+            field,
+            format!(
+                "model {} uses its own scheduler (FLUX: flow-matching Euler) and takes no scheduler option, got \"{name}\"",
+                caps.id
+            ),
+        ));
+    }
     let wrong = || {
         FieldError::new(
             field,
@@ -693,7 +742,8 @@ fn check_img2img_steps(
     local: &LocalOptions,
     caps: &ModelCaps,
 ) -> Result<usize, FieldError> {
-    if img2img_steps(steps, strength) >= 1 {
+    // FLUX's img2img keeps the fractional part of steps x strength: it always runs a step.
+    if caps.family == Family::Flux || img2img_steps(steps, strength) >= 1 {
         return Ok(steps);
     }
     if local.steps.is_none() {
@@ -812,6 +862,7 @@ pub fn validate_openai(
         steps: default_steps(quality, caps),
         guidance_scale: caps.default_guidance,
         scheduler: None,
+        max_sequence_length: None,
         reference: None,
         strength: DEFAULT_STRENGTH,
         output_format,

@@ -8,6 +8,7 @@ use imago_models::specs::QualitySteps;
 use crate::domain::caps::ModelCaps;
 
 /// Limits for models without a spec: generous sizes, diffusers-like step counts.
+const UNSPECIFIED_MIN_SIDE: usize = 64;
 const UNSPECIFIED_MAX_SIDE: usize = 2048;
 const UNSPECIFIED_MAX_STEPS: usize = 150;
 
@@ -32,7 +33,7 @@ pub fn caps_for(id: &str, model: &LoadedModel, preview_decoder: bool) -> ModelCa
                     model.family().as_str(),
                     model.location
                 ),
-                multiple * 8,
+                UNSPECIFIED_MIN_SIDE.max(multiple),
                 UNSPECIFIED_MAX_SIDE,
                 UNSPECIFIED_MAX_STEPS,
                 QualitySteps {
@@ -46,10 +47,14 @@ pub fn caps_for(id: &str, model: &LoadedModel, preview_decoder: bool) -> ModelCa
             )
         }
     };
-    let schedulers: Vec<String> = SchedulerChoice::NAMES
-        .iter()
-        .map(|(n, _, _)| n.to_string())
-        .collect();
+    let schedulers: Vec<String> = if model.accepts_scheduler_override() {
+        SchedulerChoice::NAMES
+            .iter()
+            .map(|(n, _, _)| n.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
     ModelCaps {
         id: id.to_string(),
         name,

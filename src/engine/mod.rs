@@ -28,6 +28,8 @@ pub struct EngineConfig {
     pub max_queue: usize,
     /// Tiny autoencoders for previews (`--preview-decoder`).
     pub preview_decoders: Vec<PreviewDecoderToLoad>,
+    /// How models are kept in memory (`--low-memory`).
+    pub load_options: imago_models::pipeline::LoadOptions,
 }
 
 /// `--preview-decoder [MODEL_ID=]SOURCE`: a TAESD-family folder (or HF repo id in the cache) for

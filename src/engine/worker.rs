@@ -104,13 +104,12 @@ fn load_all(
     let mut loaded = HashMap::new();
     for m in models {
         let started = Instant::now();
-        let model = LoadedModel::load_on(&m.source, &device, config.dtype).map_err(|e| {
-            EngineError::Load {
+        let model = LoadedModel::load_on(&m.source, &device, config.dtype, config.load_options)
+            .map_err(|e| EngineError::Load {
                 id: m.id.clone(),
                 source_desc: m.source.clone(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
         tracing::info!(model = %m.id, from = %model.location, ms = started.elapsed().as_millis() as u64, "model loaded");
         loaded.insert(m.id.clone(), Served { model, tiny: None });
     }

@@ -39,6 +39,7 @@ impl LocalProvider {
             height: request.height,
             batch_size: request.n,
             scheduler: request.scheduler,
+            max_sequence_length: request.max_sequence_length,
             init_image: reference.map(|image| InitImage {
                 image,
                 strength: request.strength,

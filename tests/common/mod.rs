@@ -39,6 +39,13 @@ pub struct Case {
     /// Model folder relative to the case folder (extra cases); `model` otherwise.
     #[serde(default)]
     pub model: Option<String>,
+    /// Whether the prompt is longer than a tokenizer's window (default: the case name says
+    /// "truncated"); FLUX cases whose tiny T5 vocabulary overflows say so explicitly.
+    #[serde(default)]
+    pub prompt_truncated: Option<bool>,
+    /// FLUX: T5 tokens the prompt is padded to.
+    #[serde(default)]
+    pub max_sequence_length: Option<usize>,
     pub atol_latents: f64,
     pub atol_image: f64,
 }

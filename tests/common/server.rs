@@ -53,6 +53,7 @@ pub async fn start_engine_with_decoders(
         dtype: DTypeChoice::F32,
         max_queue,
         preview_decoders,
+        load_options: Default::default(),
     };
     server_runtime()
         .spawn(Engine::start(config, models, Default::default()))

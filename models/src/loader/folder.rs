@@ -66,6 +66,34 @@ impl ModelFolder {
         })
     }
 
+    /// A Black Forest Labs FLUX folder without `model_index.json`: the index FluxPipeline would
+    /// have, listing the component folders that exist (the transformer and autoencoder may be
+    /// single files at the root instead).
+    pub fn flux_single_file(root: &Path) -> Result<Self> {
+        const COMPONENTS: [(&str, &str, &str); 7] = [
+            ("scheduler", "diffusers", "FlowMatchEulerDiscreteScheduler"),
+            ("text_encoder", "transformers", "CLIPTextModel"),
+            ("text_encoder_2", "transformers", "T5EncoderModel"),
+            ("tokenizer", "transformers", "CLIPTokenizer"),
+            ("tokenizer_2", "transformers", "T5TokenizerFast"),
+            ("transformer", "diffusers", "FluxTransformer2DModel"),
+            ("vae", "diffusers", "AutoencoderKL"),
+        ];
+        let mut index = Map::new();
+        index.insert("_class_name".into(), Value::from("FluxPipeline"));
+        for (name, library, class) in COMPONENTS {
+            if root.join(name).is_dir() {
+                index.insert(name.into(), Value::from(vec![library, class]));
+            }
+        }
+        Ok(Self {
+            root: root.to_path_buf(),
+            index_path: root.join(MODEL_INDEX),
+            class_name: "FluxPipeline".into(),
+            index,
+        })
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

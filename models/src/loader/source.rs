@@ -14,15 +14,22 @@ pub enum BuiltInModel {
     TinySd,
     /// A Stable Diffusion XL-shaped pipeline: `imago/tiny-sdxl`.
     TinySdxl,
+    /// A FLUX.1-schnell-shaped pipeline: `imago/tiny-flux`.
+    TinyFlux,
 }
 
 impl BuiltInModel {
-    pub const ALL: [BuiltInModel; 2] = [BuiltInModel::TinySd, BuiltInModel::TinySdxl];
+    pub const ALL: [BuiltInModel; 3] = [
+        BuiltInModel::TinySd,
+        BuiltInModel::TinySdxl,
+        BuiltInModel::TinyFlux,
+    ];
 
     pub fn id(self) -> &'static str {
         match self {
             BuiltInModel::TinySd => "imago/tiny-sd",
             BuiltInModel::TinySdxl => "imago/tiny-sdxl",
+            BuiltInModel::TinyFlux => "imago/tiny-flux",
         }
     }
 }

@@ -6,9 +6,10 @@ use serde::de::DeserializeOwned;
 use crate::builtin::BuiltInComponents;
 use crate::error::Result;
 use crate::loader::ModelFolder;
-use crate::schedulers::SchedulerConfig;
-use crate::text::ClipTokenizer;
+use crate::schedulers::{FlowMatchConfig, SchedulerConfig};
+use crate::text::{ClipTokenizer, T5Tokenizer};
 
+#[derive(Clone)]
 pub enum ComponentStore {
     Folder(ModelFolder),
     BuiltIn(BuiltInComponents),
@@ -55,6 +56,16 @@ impl ComponentStore {
         }
     }
 
+    /// The flow-matching scheduler's `scheduler/scheduler_config.json` (FLUX).
+    pub fn flow_match_config(&self) -> Result<FlowMatchConfig> {
+        match self {
+            Self::Folder(folder) => {
+                FlowMatchConfig::from_file(&folder.component("scheduler")?.config_path())
+            }
+            Self::BuiltIn(builtin) => builtin.flow_match_config(),
+        }
+    }
+
     pub fn var_builder(
         &self,
         component: &str,
@@ -71,6 +82,26 @@ impl ComponentStore {
         match self {
             Self::Folder(folder) => ClipTokenizer::from_dir(folder.component(component)?.dir()),
             Self::BuiltIn(builtin) => builtin.clip_tokenizer(),
+        }
+    }
+
+    /// A T5 tokenizer: the component's `tokenizer.json` (transformers' fast-tokenizer file).
+    pub fn t5_tokenizer(&self, component: &str) -> Result<T5Tokenizer> {
+        match self {
+            Self::Folder(folder) => {
+                let dir = folder.component(component)?.dir().to_path_buf();
+                let path = dir.join("tokenizer.json");
+                if !path.is_file() {
+                    let what = if dir.join("spiece.model").is_file() {
+                        format!("{component}/tokenizer.json (only the SentencePiece spiece.model is there; imago reads the fast-tokenizer file the FLUX repos ship)")
+                    } else {
+                        format!("{component}/tokenizer.json (the T5 tokenizer)")
+                    };
+                    return Err(crate::error::ModelError::MissingFile { what, path });
+                }
+                T5Tokenizer::from_file(&path)
+            }
+            Self::BuiltIn(builtin) => builtin.t5_tokenizer(),
         }
     }
 

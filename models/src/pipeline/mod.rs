@@ -1,7 +1,10 @@
 //! Pipelines: from a model source to images. `DiffusionPipeline` is the one entry point the
 //! server and the CLI use; each family has its own module.
 mod components;
+mod flux;
+mod flux_loading;
 pub mod image_io;
+mod latents;
 mod observer;
 mod request;
 mod stable_diffusion;
@@ -13,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
 pub use components::ComponentStore;
+pub use flux::{FluxPipeline, FluxPromptEmbeddings, LoadOptions};
 pub use observer::{NoObserver, StepObserver, StepProgress};
 pub use request::{img2img_steps, GenerationRequest, InitImage, DEFAULT_STRENGTH, MAX_BATCH};
 pub use stable_diffusion::{PromptEmbeddings, StableDiffusionPipeline};
@@ -20,7 +24,9 @@ pub use stable_diffusion::{PromptEmbeddings, StableDiffusionPipeline};
 use crate::builtin::BuiltInComponents;
 use crate::device::{DTypeChoice, DeviceChoice};
 use crate::error::{ModelError, Result};
-use crate::loader::{cached_snapshot, hub_cache_dir, ModelFolder, ModelSource};
+use crate::loader::{
+    cached_snapshot, find_flux_single_files, hub_cache_dir, ModelFolder, ModelSource,
+};
 use crate::specs::{self, Defaults, Family, ModelSpec};
 
 /// Time spent in each stage of one generation.
@@ -49,6 +55,7 @@ pub struct Generation {
 /// A loaded model of any family.
 pub enum DiffusionPipeline {
     StableDiffusion(Box<StableDiffusionPipeline>),
+    Flux(Box<FluxPipeline>),
 }
 
 /// A loaded model with what is known about it.
@@ -65,11 +72,16 @@ impl LoadedModel {
     /// Loads a model from a source string: a diffusers folder, a Hugging Face repo id present in the
     /// local HF cache (`org/name` or `org/name@revision`), or a built-in id (`imago/tiny-sd`).
     pub fn load(source: &str, device: DeviceChoice, dtype: DTypeChoice) -> Result<Self> {
-        Self::load_on(source, &device.open()?, dtype)
+        Self::load_on(source, &device.open()?, dtype, LoadOptions::default())
     }
 
     /// As [`Self::load`], on a device already opened (one device shared by several models).
-    pub fn load_on(source: &str, device: &Device, dtype: DTypeChoice) -> Result<Self> {
+    pub fn load_on(
+        source: &str,
+        device: &Device,
+        dtype: DTypeChoice,
+        options: LoadOptions,
+    ) -> Result<Self> {
         let parsed = ModelSource::parse(source)?;
         let (id, spec, store) = match parsed {
             ModelSource::BuiltIn(builtin) => {
@@ -82,7 +94,7 @@ impl LoadedModel {
                 )
             }
             ModelSource::Folder(path) => {
-                let folder = ModelFolder::open(&path)?;
+                let folder = open_folder(&path)?;
                 let name = folder_name(&path);
                 (
                     name.clone(),
@@ -95,7 +107,7 @@ impl LoadedModel {
                 let Some(snapshot) = cached_snapshot(&cache, &repo_id, revision.as_deref())? else {
                     return Err(not_cached(&repo_id, revision.as_deref(), &cache));
                 };
-                let folder = ModelFolder::open(&snapshot)?;
+                let folder = open_folder(&snapshot)?;
                 (
                     repo_id.clone(),
                     specs::find(&repo_id),
@@ -113,71 +125,117 @@ impl LoadedModel {
             ));
         }
         tracing::info!(model = %id, from = %store.describe(), family = family.as_str(), ?dtype, "loading model");
-        let pipeline = StableDiffusionPipeline::load(&store, family, device, dtype)?;
+        let pipeline = match family {
+            Family::Flux => DiffusionPipeline::Flux(Box::new(FluxPipeline::load(
+                &store, device, dtype, options,
+            )?)),
+            _ => DiffusionPipeline::StableDiffusion(Box::new(StableDiffusionPipeline::load(
+                &store, family, device, dtype,
+            )?)),
+        };
         Ok(Self {
             id,
             location: store.describe(),
             spec,
-            pipeline: DiffusionPipeline::StableDiffusion(Box::new(pipeline)),
+            pipeline,
         })
     }
 
-    /// Steps, guidance and size to use when the request gives none: the spec's, else diffusers'
-    /// defaults for the family at the UNet's native size.
+    /// Steps, guidance, size (and FLUX's T5 length) to use when the request gives none: the
+    /// spec's, else diffusers' defaults for the family at the model's native size.
     pub fn defaults(&self) -> Defaults {
         if let Some(spec) = self.spec {
             return spec.defaults.clone();
         }
-        let DiffusionPipeline::StableDiffusion(sd) = &self.pipeline;
-        let (width, height) = sd.native_size();
-        let guidance = match sd.family() {
-            Family::StableDiffusionXl => 5.0,
-            _ => 7.5,
-        };
-        Defaults {
-            steps: 50,
-            guidance,
-            width,
-            height,
+        match &self.pipeline {
+            DiffusionPipeline::StableDiffusion(sd) => {
+                let (width, height) = sd.native_size();
+                let guidance = match sd.family() {
+                    Family::StableDiffusionXl => 5.0,
+                    _ => 7.5,
+                };
+                Defaults {
+                    steps: 50,
+                    guidance,
+                    width,
+                    height,
+                    max_sequence_length: None,
+                }
+            }
+            // Black Forest Labs' recipes: dev 28 steps at guidance 3.5, schnell 4 steps unguided;
+            // diffusers' default size is 1024x1024.
+            DiffusionPipeline::Flux(flux) => {
+                let (steps, guidance) = if flux.has_guidance_embeds() {
+                    (28, 3.5)
+                } else {
+                    (4, 0.0)
+                };
+                Defaults {
+                    steps,
+                    guidance,
+                    width: 1024,
+                    height: 1024,
+                    max_sequence_length: Some(flux.default_max_sequence_length()),
+                }
+            }
         }
     }
 
-    /// Channels of the latents the denoiser works on (4 for SD/SDXL).
+    /// Channels of the latents the previews see (4 for SD/SDXL, 16 for FLUX, unpacked).
     pub fn latent_channels(&self) -> usize {
         match &self.pipeline {
             DiffusionPipeline::StableDiffusion(sd) => sd.latent_channels(),
+            DiffusionPipeline::Flux(flux) => flux.latent_channels(),
         }
     }
 
     pub fn family(&self) -> Family {
         match &self.pipeline {
             DiffusionPipeline::StableDiffusion(sd) => sd.family(),
+            DiffusionPipeline::Flux(_) => Family::Flux,
         }
     }
 
     pub fn device(&self) -> &Device {
         match &self.pipeline {
             DiffusionPipeline::StableDiffusion(sd) => sd.device(),
+            DiffusionPipeline::Flux(flux) => flux.device(),
         }
     }
 
     pub fn dtype(&self) -> DType {
         match &self.pipeline {
             DiffusionPipeline::StableDiffusion(sd) => sd.dtype(),
+            DiffusionPipeline::Flux(flux) => flux.dtype(),
         }
     }
 
-    /// Width and height must be multiples of this.
+    /// Width and height must be multiples of this (8 for SD/SDXL, 16 for FLUX's packed latents).
     pub fn size_multiple(&self) -> usize {
         match &self.pipeline {
             DiffusionPipeline::StableDiffusion(sd) => sd.vae_scale_factor(),
+            DiffusionPipeline::Flux(flux) => flux.size_multiple(),
         }
+    }
+
+    /// Whether requests may name a scheduler (FLUX uses its flow-matching one only).
+    pub fn accepts_scheduler_override(&self) -> bool {
+        matches!(self.pipeline, DiffusionPipeline::StableDiffusion(_))
     }
 
     /// The cheap latent-to-RGB preview map of this model.
     pub fn preview(&self) -> &crate::preview::LatentPreview {
         match &self.pipeline {
             DiffusionPipeline::StableDiffusion(sd) => sd.preview(),
+            DiffusionPipeline::Flux(flux) => flux.preview(),
+        }
+    }
+
+    /// Decodes latents of this model's latent space (unpacked, NCHW) to images in [0, 1].
+    pub fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
+        match &self.pipeline {
+            DiffusionPipeline::StableDiffusion(sd) => sd.decode_latents(latents),
+            DiffusionPipeline::Flux(flux) => flux.decode_latents(latents),
         }
     }
 
@@ -188,8 +246,18 @@ impl LoadedModel {
     ) -> Result<Generation> {
         match &self.pipeline {
             DiffusionPipeline::StableDiffusion(sd) => sd.generate(request, observer),
+            DiffusionPipeline::Flux(flux) => flux.generate(request, observer),
         }
     }
+}
+
+/// A diffusers folder, or a Black Forest Labs FLUX folder without `model_index.json`
+/// (`flux1-*.safetensors` at the root beside the text encoders' folders).
+fn open_folder(path: &Path) -> Result<ModelFolder> {
+    if !path.join("model_index.json").is_file() && find_flux_single_files(path)?.is_some() {
+        return ModelFolder::flux_single_file(path);
+    }
+    ModelFolder::open(path)
 }
 
 /// The family a diffusers pipeline class belongs to.
@@ -199,15 +267,19 @@ pub fn family_of(pipeline_class: &str) -> Result<Family> {
         "StableDiffusionXLPipeline",
         "StableDiffusionXLImg2ImgPipeline",
     ];
+    const FLUX: &[&str] = &["FluxPipeline", "FluxImg2ImgPipeline"];
     if SD.contains(&pipeline_class) {
         Ok(Family::StableDiffusion)
     } else if SDXL.contains(&pipeline_class) {
         Ok(Family::StableDiffusionXl)
+    } else if FLUX.contains(&pipeline_class) {
+        Ok(Family::Flux)
     } else {
         Err(ModelError::Unsupported(format!(
             "pipeline class {pipeline_class:?} in model_index.json; supported: {}",
             SD.iter()
                 .chain(SDXL)
+                .chain(FLUX)
                 .copied()
                 .collect::<Vec<_>>()
                 .join(", ")

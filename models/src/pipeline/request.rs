@@ -33,6 +33,8 @@ pub struct GenerationRequest {
     /// Overrides the model's own scheduler.
     pub scheduler: Option<SchedulerChoice>,
     pub init_image: Option<InitImage>,
+    /// FLUX: T5 tokens the prompt is padded/truncated to; `None` takes the model's default.
+    pub max_sequence_length: Option<usize>,
 }
 
 impl GenerationRequest {
@@ -68,17 +70,30 @@ impl GenerationRequest {
                     format!("must be in (0, 1], got {}", init.strength),
                 ));
             }
-            // diffusers runs int(steps * strength) steps and refuses zero.
-            let run = img2img_steps(self.steps, init.strength);
-            if run == 0 {
-                return Err(ModelError::invalid(
-                    "strength",
-                    format!(
-                        "strength {} with {} steps leaves no denoising step (int(steps * strength) = 0); raise steps or strength",
-                        init.strength, self.steps
-                    ),
-                ));
-            }
+        }
+        if self.max_sequence_length == Some(0) {
+            return Err(ModelError::invalid(
+                "max_sequence_length",
+                "must be at least 1, got 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Stable Diffusion's image-to-image runs `int(steps * strength)` steps, as diffusers, and
+    /// refuses zero.
+    pub fn validate_sd_img2img_steps(&self) -> Result<()> {
+        let Some(init) = &self.init_image else {
+            return Ok(());
+        };
+        if img2img_steps(self.steps, init.strength) == 0 {
+            return Err(ModelError::invalid(
+                "strength",
+                format!(
+                    "strength {} with {} steps leaves no denoising step (int(steps * strength) = 0); raise steps or strength",
+                    init.strength, self.steps
+                ),
+            ));
         }
         Ok(())
     }
@@ -110,6 +125,7 @@ mod tests {
             batch_size: 1,
             scheduler: None,
             init_image: None,
+            max_sequence_length: None,
         }
     }
 
@@ -136,8 +152,9 @@ mod tests {
             image: RgbImage::new(8, 8),
             strength: 0.1,
         });
+        assert!(r.validate(8).is_ok());
         assert!(r
-            .validate(8)
+            .validate_sd_img2img_steps()
             .unwrap_err()
             .to_string()
             .contains("no denoising step"));

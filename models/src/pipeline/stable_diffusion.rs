@@ -7,6 +7,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::components::ComponentStore;
 use super::image_io;
+use super::latents::{decode_with_vae, scale_latents};
 use super::observer::{StepObserver, StepProgress};
 use super::request::{img2img_steps, GenerationRequest};
 use super::{Generation, Timings};
@@ -318,6 +319,16 @@ impl StableDiffusionPipeline {
         observer: &mut dyn StepObserver,
     ) -> Result<Generation> {
         request.validate(self.vae_scale_factor)?;
+        request.validate_sd_img2img_steps()?;
+        if let Some(len) = request.max_sequence_length {
+            return Err(ModelError::invalid(
+                "max_sequence_length",
+                format!(
+                    "applies to FLUX models (T5 tokens) only; this is a {} model, got {len}",
+                    self.family.as_str()
+                ),
+            ));
+        }
         let started = Instant::now();
         let n = request.batch_size;
         let cfg = request.uses_cfg();
@@ -363,7 +374,7 @@ impl StableDiffusionPipeline {
                 let encoded = posterior
                     .sample(&sample_noise.to_dtype(self.vae_dtype)?)?
                     .to_dtype(DType::F32)?;
-                let init_latents = self.scale_latents(&encoded)?;
+                let init_latents = scale_latents(&self.vae, &self.device, &encoded)?;
                 let init_latents = if n > 1 {
                     init_latents.repeat((n, 1, 1, 1))?
                 } else {
@@ -435,51 +446,8 @@ impl StableDiffusionPipeline {
         })
     }
 
-    /// VAE latents to the UNet's latent space: `(z - mean) * scaling / std` when the VAE config has
-    /// per-channel statistics, `(z - shift) * scaling` otherwise.
-    fn scale_latents(&self, encoded: &Tensor) -> Result<Tensor> {
-        let config = self.vae.config();
-        let scaling = config.scaling_factor;
-        if let (Some(mean), Some(std)) = (&config.latents_mean, &config.latents_std) {
-            let (mean, std) = channel_stats(&self.device, mean, std)?;
-            return Ok(((encoded.broadcast_sub(&mean)? * scaling)?.broadcast_div(&std))?);
-        }
-        let shift = config.shift_factor.unwrap_or(0.0);
-        Ok(((encoded - shift)? * scaling)?)
-    }
-
-    /// The inverse of [`Self::scale_latents`], then the VAE decoder; images in [0, 1], NCHW f32.
+    /// The inverse of [`scale_latents`], then the VAE decoder; images in [0, 1], NCHW f32.
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
         decode_with_vae(&self.vae, self.vae_dtype, &self.device, latents)
     }
-}
-
-/// Unscales latents as the VAE config says (`z * std / scaling + mean` with per-channel
-/// statistics, `z / scaling + shift` otherwise), decodes them, and maps the result to [0, 1].
-fn decode_with_vae(
-    vae: &AutoencoderKL,
-    vae_dtype: DType,
-    device: &Device,
-    latents: &Tensor,
-) -> Result<Tensor> {
-    let config = vae.config();
-    let scaling = config.scaling_factor;
-    let z = if let (Some(mean), Some(std)) = (&config.latents_mean, &config.latents_std) {
-        let (mean, std) = channel_stats(device, mean, std)?;
-        ((latents.broadcast_mul(&std)? / scaling)?.broadcast_add(&mean))?
-    } else {
-        ((latents / scaling)? + config.shift_factor.unwrap_or(0.0))?
-    };
-    let decoded = vae.decode(&z.to_dtype(vae_dtype)?)?;
-    image_io::denormalize(&decoded)
-}
-
-/// A VAE config's per-channel latent mean and std as (1, C, 1, 1) tensors.
-fn channel_stats(device: &Device, mean: &[f64], std: &[f64]) -> Result<(Tensor, Tensor)> {
-    let c = mean.len();
-    let to_tensor = |v: &[f64]| -> Result<Tensor> {
-        let v: Vec<f32> = v.iter().map(|&x| x as f32).collect();
-        Ok(Tensor::from_vec(v, (1, c, 1, 1), device)?)
-    };
-    Ok((to_tensor(mean)?, to_tensor(std)?))
 }
