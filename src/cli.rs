@@ -98,6 +98,10 @@ pub struct ServeArgs {
     /// Serve `/metrics` without an API key (it needs one when keys are configured).
     #[arg(long, env = "IMAGO_PUBLIC_METRICS")]
     pub public_metrics: bool,
+
+    /// Turn off the browser playground at `/` (the page that tries the API from a browser).
+    #[arg(long, env = "IMAGO_NO_PLAYGROUND")]
+    pub no_playground: bool,
 }
 
 #[derive(Debug, Args)]

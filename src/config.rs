@@ -121,6 +121,8 @@ pub struct ServerConfig {
     /// Serve `/metrics` without an API key.
     pub public_metrics: bool,
     pub preview_decoders: Vec<PreviewDecoderToLoad>,
+    /// Serve the browser playground at `/`.
+    pub playground: bool,
 }
 
 /// `--preview-decoder [MODEL_ID=]SOURCE`.

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use imago::config::{read_keys_file, Limits};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{json, Value};
-use server::{fixture_model_copy, model, serve, start_engine, TestServer};
+use server::{fixture_model_copy, model, serve, serve_with_playground, start_engine, TestServer};
 use tokio::sync::OnceCell;
 
 const TINY: &str = "imago/tiny-sd";
@@ -1739,4 +1739,152 @@ async fn openapi_document_is_served_and_committed() {
         committed == String::from_utf8_lossy(&printed.stdout),
         "openapi.json is stale: run `cargo run -q -- print-openapi > openapi.json`"
     );
+}
+
+// ------------------------------------------------------------------------------------------------
+// Playground
+// ------------------------------------------------------------------------------------------------
+
+/// The values of a page's `src="..."` and `href="..."` attributes.
+fn link_targets(html: &str) -> Vec<String> {
+    let mut targets = Vec::new();
+    for attribute in [" src=", " href="] {
+        for (at, _) in html.match_indices(attribute) {
+            let rest = &html[at + attribute.len()..];
+            let quote = rest.chars().next().expect("attribute value");
+            assert!(
+                quote == '"' || quote == '\'',
+                "unquoted {attribute} in the page: {}",
+                &rest[..rest.len().min(40)]
+            );
+            let value = &rest[1..];
+            let end = value.find(quote).expect("closing quote");
+            targets.push(value[..end].to_string());
+        }
+    }
+    targets
+}
+
+#[tokio::test]
+async fn playground_page_is_self_contained_and_uses_the_public_api() {
+    let server = main_server().await;
+    // The page is public (it holds no secret); its API calls carry the key the user enters.
+    let page = get(server, None, "/").await.expect(200);
+    assert_eq!(page.header("content-type"), "text/html; charset=utf-8");
+    let csp = page.header("content-security-policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "connect-src 'self'",
+    ] {
+        assert!(csp.contains(directive), "{directive} missing from {csp}");
+    }
+    assert_eq!(page.header("x-content-type-options"), "nosniff");
+    let html = page.text();
+    assert!(html.contains("<title>imago playground</title>"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page names an external URL"
+    );
+
+    // Every linked resource is served by us, with its type; none is external.
+    let targets = link_targets(&html);
+    assert!(
+        targets.len() >= 2,
+        "script and stylesheet links: {targets:?}"
+    );
+    let mut assets = Vec::new();
+    for target in &targets {
+        assert!(
+            !target.starts_with("http:")
+                && !target.starts_with("https:")
+                && !target.starts_with("//"),
+            "external resource {target}"
+        );
+        if target.starts_with('/') {
+            let asset = get(server, None, target).await.expect(200);
+            assets.push((target.clone(), asset));
+        } else {
+            assert!(target.starts_with("data:"), "unexpected link {target}");
+        }
+    }
+    let asset = |suffix: &str| {
+        &assets
+            .iter()
+            .find(|(path, _)| path.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no {suffix} linked from the page: {targets:?}"))
+            .1
+    };
+    let script = asset(".js");
+    assert_eq!(
+        script.header("content-type"),
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(script.header("content-security-policy"), csp);
+    let style = asset(".css");
+    assert_eq!(style.header("content-type"), "text/css; charset=utf-8");
+    for (path, asset) in &assets {
+        let text = asset.text();
+        assert!(
+            !text.contains("http://") && !text.contains("https://") && !text.contains("@import"),
+            "{path} reaches outside the server"
+        );
+    }
+
+    // The script calls only documented API routes.
+    let document = get(server, None, "/openapi.json").await.expect(200).json();
+    let js = script.text();
+    let called: Vec<&str> = js
+        .match_indices("\"/api/")
+        .map(|(at, _)| {
+            let path = &js[at + 1..];
+            &path[..path.find('"').expect("closing quote")]
+        })
+        .collect();
+    assert!(
+        called.contains(&OR) && called.contains(&"/api/v1/images/models"),
+        "{called:?}"
+    );
+    for path in called {
+        assert!(
+            document["paths"].get(path).is_some(),
+            "the playground calls {path}, which is not in the public API"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_playground_serves_no_page() {
+    let main = main_server().await;
+    let off = serve_with_playground(
+        main.engine.clone(),
+        main.caps.clone(),
+        vec![],
+        Limits::default(),
+        false,
+    )
+    .await;
+    for path in ["/", "/playground/app.js", "/playground/style.css"] {
+        let reply = get(&off, None, path).await;
+        assert_eq!(reply.status, 404, "{path}: {}", reply.text());
+        assert_or_envelope(&reply.json(), 404);
+    }
+    get(&off, None, "/api/v1/images/models").await.expect(200);
+}
+
+#[test]
+fn no_playground_flag_reaches_the_server_config() {
+    use clap::Parser;
+    let config = |args: &[&str]| {
+        let cli = imago::cli::Cli::try_parse_from(args).expect("valid command line");
+        let imago::cli::Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        imago::commands::serve::server_config(*args).expect("config")
+    };
+    let base = ["imago", "serve", "--model", TINY];
+    assert!(config(&base).playground, "on by default");
+    assert!(!config(&[&base[..], &["--no-playground"]].concat()).playground);
 }

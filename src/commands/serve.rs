@@ -46,6 +46,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         dtype: args.dtype,
         max_queue: args.max_queue,
         public_metrics: args.public_metrics,
+        playground: !args.no_playground,
         preview_decoders: args
             .preview_decoders
             .iter()
