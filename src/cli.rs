@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// next one, so it does not stay resident beside the transformer.
     #[arg(long, env = "IMAGO_LOW_MEMORY")]
     pub low_memory: bool,
+
+    /// Turn off the browser playground at `/` (the page that tries the API from a browser).
+    #[arg(long, env = "IMAGO_NO_PLAYGROUND")]
+    pub no_playground: bool,
 }
 
 #[derive(Debug, Args)]

@@ -123,6 +123,8 @@ pub struct ServerConfig {
     pub preview_decoders: Vec<PreviewDecoderToLoad>,
     /// FLUX: release the T5 encoder between prompts.
     pub low_memory: bool,
+    /// Serve the browser playground at `/`.
+    pub playground: bool,
 }
 
 /// `--preview-decoder [MODEL_ID=]SOURCE`.

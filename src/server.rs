@@ -49,6 +49,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         auth,
         limits: config.limits.clone(),
         engine: engine.clone(),
+        playground: config.playground,
     });
     let app = build_app(state);
 

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use imago::config::{read_keys_file, Limits};
 use reqwest::header::{HeaderMap, AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{json, Value};
-use server::{fixture_model_copy, model, serve, start_engine, TestServer};
+use server::{fixture_model_copy, model, serve, serve_with_playground, start_engine, TestServer};
 use tokio::sync::OnceCell;
 
 const TINY: &str = "imago/tiny-sd";
@@ -1582,7 +1582,7 @@ async fn health_and_ready() {
         .iter()
         .map(|m| m.as_str().unwrap())
         .collect();
-    assert_eq!(models, [TINY, FIXTURE, BROKEN]);
+    assert_eq!(models, [TINY, FIXTURE, BROKEN, FLUX]);
     assert!(health["queue_depth"].is_u64() && health["max_queue"] == 64);
     let ready = get(server, None, "/ready").await.expect(200).json();
     assert_eq!(ready["status"], "ready");
@@ -1596,7 +1596,7 @@ async fn openrouter_model_list_has_real_capabilities() {
         .expect(200)
         .json();
     let data = list["data"].as_array().unwrap();
-    assert_eq!(data.len(), 3);
+    assert_eq!(data.len(), 4);
     let find = |id: &str| {
         data.iter()
             .find(|m| m["id"] == id)
@@ -1700,7 +1700,7 @@ async fn openai_model_list() {
         .iter()
         .map(|m| m["id"].as_str().unwrap())
         .collect();
-    assert_eq!(ids, [TINY, FIXTURE, BROKEN]);
+    assert_eq!(ids, [TINY, FIXTURE, BROKEN, FLUX]);
     for m in list["data"].as_array().unwrap() {
         assert_eq!(m["object"], "model");
         assert!(m["created"].is_u64() && m["owned_by"].is_string(), "{m}");
@@ -1793,16 +1793,19 @@ async fn flux_models_work_through_the_openrouter_route() {
         "FLUX over HTTP differs from diffusers by {worst}/255"
     );
 
-    // Sizes are rounded to FLUX's multiple of 16.
-    for body in [
-        json!({"model": FLUX, "prompt": "a cat", "size": "72x100", "stream": true}),
-        json!({"model": FLUX, "prompt": "a cat", "aspect_ratio": "16:9", "resolution": "512", "stream": true}),
-    ] {
+    // Tiers and aspect ratios are rounded to FLUX's multiple of 16; explicit pixels must be one.
+    for (ratio, resolution) in [("16:9", "512"), ("3:2", "768"), ("9:21", "512")] {
+        let body = json!({"model": FLUX, "prompt": "a cat", "aspect_ratio": ratio,
+            "resolution": resolution, "stream": true});
         match planned_size(server, &body).await {
             Ok((w, h)) => assert!(w % 16 == 0 && h % 16 == 0, "{w}x{h} for {body}"),
             Err(reply) => panic!("{body}: {}", reply.text()),
         }
     }
+    let body = json!({"model": FLUX, "prompt": "a cat", "size": "72x96", "stream": true});
+    let reply = planned_size(server, &body).await.expect_err("72 is no multiple of 16");
+    assert_or_field_error(&reply, "size", "multiple of 16");
+    assert!(reply.text().contains("multiple of 16"), "{}", reply.text());
 
     // Streams carry previews, then the image.
     let reply = post(
@@ -1847,4 +1850,152 @@ async fn flux_models_work_through_the_openrouter_route() {
     .await
     .expect(400);
     assert_or_field_error(&reply, "provider.options.local.max_sequence_length", "FLUX");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Playground
+// ------------------------------------------------------------------------------------------------
+
+/// The values of a page's `src="..."` and `href="..."` attributes.
+fn link_targets(html: &str) -> Vec<String> {
+    let mut targets = Vec::new();
+    for attribute in [" src=", " href="] {
+        for (at, _) in html.match_indices(attribute) {
+            let rest = &html[at + attribute.len()..];
+            let quote = rest.chars().next().expect("attribute value");
+            assert!(
+                quote == '"' || quote == '\'',
+                "unquoted {attribute} in the page: {}",
+                &rest[..rest.len().min(40)]
+            );
+            let value = &rest[1..];
+            let end = value.find(quote).expect("closing quote");
+            targets.push(value[..end].to_string());
+        }
+    }
+    targets
+}
+
+#[tokio::test]
+async fn playground_page_is_self_contained_and_uses_the_public_api() {
+    let server = main_server().await;
+    // The page is public (it holds no secret); its API calls carry the key the user enters.
+    let page = get(server, None, "/").await.expect(200);
+    assert_eq!(page.header("content-type"), "text/html; charset=utf-8");
+    let csp = page.header("content-security-policy");
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "connect-src 'self'",
+    ] {
+        assert!(csp.contains(directive), "{directive} missing from {csp}");
+    }
+    assert_eq!(page.header("x-content-type-options"), "nosniff");
+    let html = page.text();
+    assert!(html.contains("<title>imago playground</title>"));
+    assert!(
+        !html.contains("http://") && !html.contains("https://"),
+        "the page names an external URL"
+    );
+
+    // Every linked resource is served by us, with its type; none is external.
+    let targets = link_targets(&html);
+    assert!(
+        targets.len() >= 2,
+        "script and stylesheet links: {targets:?}"
+    );
+    let mut assets = Vec::new();
+    for target in &targets {
+        assert!(
+            !target.starts_with("http:")
+                && !target.starts_with("https:")
+                && !target.starts_with("//"),
+            "external resource {target}"
+        );
+        if target.starts_with('/') {
+            let asset = get(server, None, target).await.expect(200);
+            assets.push((target.clone(), asset));
+        } else {
+            assert!(target.starts_with("data:"), "unexpected link {target}");
+        }
+    }
+    let asset = |suffix: &str| {
+        &assets
+            .iter()
+            .find(|(path, _)| path.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no {suffix} linked from the page: {targets:?}"))
+            .1
+    };
+    let script = asset(".js");
+    assert_eq!(
+        script.header("content-type"),
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(script.header("content-security-policy"), csp);
+    let style = asset(".css");
+    assert_eq!(style.header("content-type"), "text/css; charset=utf-8");
+    for (path, asset) in &assets {
+        let text = asset.text();
+        assert!(
+            !text.contains("http://") && !text.contains("https://") && !text.contains("@import"),
+            "{path} reaches outside the server"
+        );
+    }
+
+    // The script calls only documented API routes.
+    let document = get(server, None, "/openapi.json").await.expect(200).json();
+    let js = script.text();
+    let called: Vec<&str> = js
+        .match_indices("\"/api/")
+        .map(|(at, _)| {
+            let path = &js[at + 1..];
+            &path[..path.find('"').expect("closing quote")]
+        })
+        .collect();
+    assert!(
+        called.contains(&OR) && called.contains(&"/api/v1/images/models"),
+        "{called:?}"
+    );
+    for path in called {
+        assert!(
+            document["paths"].get(path).is_some(),
+            "the playground calls {path}, which is not in the public API"
+        );
+    }
+}
+
+#[tokio::test]
+async fn no_playground_serves_no_page() {
+    let main = main_server().await;
+    let off = serve_with_playground(
+        main.engine.clone(),
+        main.caps.clone(),
+        vec![],
+        Limits::default(),
+        false,
+    )
+    .await;
+    for path in ["/", "/playground/app.js", "/playground/style.css"] {
+        let reply = get(&off, None, path).await;
+        assert_eq!(reply.status, 404, "{path}: {}", reply.text());
+        assert_or_envelope(&reply.json(), 404);
+    }
+    get(&off, None, "/api/v1/images/models").await.expect(200);
+}
+
+#[test]
+fn no_playground_flag_reaches_the_server_config() {
+    use clap::Parser;
+    let config = |args: &[&str]| {
+        let cli = imago::cli::Cli::try_parse_from(args).expect("valid command line");
+        let imago::cli::Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        imago::commands::serve::server_config(*args).expect("config")
+    };
+    let base = ["imago", "serve", "--model", TINY];
+    assert!(config(&base).playground, "on by default");
+    assert!(!config(&[&base[..], &["--no-playground"]].concat()).playground);
 }

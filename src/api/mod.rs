@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod models;
 pub mod openai;
 pub mod openapi;
+pub mod playground;
 pub mod sse;
 pub mod wire;
 
@@ -41,6 +42,8 @@ pub struct AppInner {
     pub limits: Limits,
     /// The local engine (readiness and queue depth).
     pub engine: Engine,
+    /// Serve the browser playground at `/` (off with `--no-playground`).
+    pub playground: bool,
 }
 
 /// Shared, cheaply cloned application state.
@@ -64,7 +67,11 @@ impl Deref for AppState {
 /// Every route of the server.
 pub fn build_app(state: AppState) -> Router {
     let body_limit = state.limits.max_body_bytes;
-    Router::new()
+    let mut router = Router::new();
+    if state.playground {
+        router = router.merge(playground::routes());
+    }
+    router
         .route("/api/v1/images", post(images::create))
         .route("/api/v1/images/models", get(models::openrouter_list))
         .route(

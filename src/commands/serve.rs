@@ -47,6 +47,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         max_queue: args.max_queue,
         public_metrics: args.public_metrics,
         low_memory: args.low_memory,
+        playground: !args.no_playground,
         preview_decoders: args
             .preview_decoders
             .iter()

@@ -77,12 +77,24 @@ impl TestServer {
     }
 }
 
-/// Serves the app for `engine` (its models in `caps`) with `keys` and `limits` on a fresh port.
+/// Serves the app for `engine` (its models in `caps`) with `keys` and `limits` on a fresh port,
+/// with the playground as `imago serve` has it by default.
 pub async fn serve(
     engine: Engine,
     caps: Vec<ModelCaps>,
     keys: Vec<ApiKey>,
     limits: Limits,
+) -> TestServer {
+    serve_with_playground(engine, caps, keys, limits, true).await
+}
+
+/// As [`serve`], with the playground on or off (`--no-playground`).
+pub async fn serve_with_playground(
+    engine: Engine,
+    caps: Vec<ModelCaps>,
+    keys: Vec<ApiKey>,
+    limits: Limits,
+    playground: bool,
 ) -> TestServer {
     let local = Provider::Local(LocalProvider::new(engine.clone()));
     let registry = Registry::new(
@@ -101,6 +113,7 @@ pub async fn serve(
         auth: Auth::new(keys),
         limits,
         engine: engine.clone(),
+        playground,
     });
     let app = build_app(state);
     let addr = server_runtime()
