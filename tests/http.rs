@@ -1803,7 +1803,9 @@ async fn flux_models_work_through_the_openrouter_route() {
         }
     }
     let body = json!({"model": FLUX, "prompt": "a cat", "size": "72x96", "stream": true});
-    let reply = planned_size(server, &body).await.expect_err("72 is no multiple of 16");
+    let reply = planned_size(server, &body)
+        .await
+        .expect_err("72 is no multiple of 16");
     assert_or_field_error(&reply, "size", "multiple of 16");
     assert!(reply.text().contains("multiple of 16"), "{}", reply.text());
 

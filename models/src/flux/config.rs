@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::ModelError;
+use crate::loader::read_json;
 use crate::Result;
 
 fn d_patch_size() -> usize {
@@ -78,15 +79,7 @@ impl Default for FluxTransformerConfig {
 impl FluxTransformerConfig {
     /// Reads and validates a `config.json`.
     pub fn from_file(path: &Path) -> Result<Self> {
-        if !path.is_file() {
-            return Err(ModelError::MissingFile {
-                what: "FLUX transformer config".to_owned(),
-                path: path.to_path_buf(),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let config =
-            Self::from_json(&text).map_err(|e| ModelError::invalid_file(path, e.to_string()))?;
+        let config: Self = read_json(path, "FLUX transformer config")?;
         config
             .validate()
             .map_err(|message| ModelError::invalid_file(path, message))?;

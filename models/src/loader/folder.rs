@@ -6,6 +6,7 @@ use candle_core::{DType, Device};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
+use super::json_file::read_json;
 use super::weights;
 use crate::error::{ModelError, Result};
 
@@ -248,15 +249,10 @@ impl Component {
     /// Parses the configuration file (see [`Component::config_path`]) into `T`; absent keys take
     /// the defaults `T` declares.
     pub fn config<T: DeserializeOwned>(&self) -> Result<T> {
-        let path = self.config_path();
-        if !path.is_file() {
-            return Err(ModelError::MissingFile {
-                what: format!("configuration of component {}", self.name),
-                path,
-            });
-        }
-        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| ModelError::invalid_file(&path, e.to_string()))
+        read_json(
+            &self.config_path(),
+            &format!("configuration of component {}", self.name),
+        )
     }
 
     /// The safetensors files holding this component's weights (see [`weights::find_weight_files`]).

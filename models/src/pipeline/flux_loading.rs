@@ -11,7 +11,8 @@ use crate::error::{ModelError, Result};
 use crate::flux::FluxTransformerConfig;
 use crate::loader::{
     bfl_autoencoder_config, bfl_autoencoder_var_builder, bfl_transformer_shapes,
-    bfl_transformer_var_builder, find_flux_single_files, BflTransformerShapes, ModelFolder,
+    bfl_transformer_var_builder, find_flux_single_files, read_json, BflTransformerShapes,
+    ModelFolder,
 };
 use crate::vae::VaeConfig;
 
@@ -38,10 +39,7 @@ fn optional_config<T: serde::de::DeserializeOwned>(
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-    serde_json::from_str(&text)
-        .map(Some)
-        .map_err(|e| ModelError::invalid_file(&path, e.to_string()))
+    read_json(&path, "component config").map(Some)
 }
 
 /// The transformer's config and weights.

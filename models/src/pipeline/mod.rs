@@ -246,7 +246,15 @@ impl LoadedModel {
     ) -> Result<Generation> {
         match &self.pipeline {
             DiffusionPipeline::StableDiffusion(sd) => sd.generate(request, observer),
-            DiffusionPipeline::Flux(flux) => flux.generate(request, observer),
+            // The spec's T5 length (e.g. 256 for schnell) when the request names none.
+            DiffusionPipeline::Flux(flux) => match self.defaults().max_sequence_length {
+                Some(len) if request.max_sequence_length.is_none() => {
+                    let mut request = request.clone();
+                    request.max_sequence_length = Some(len);
+                    flux.generate(&request, observer)
+                }
+                _ => flux.generate(request, observer),
+            },
         }
     }
 }

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::tensor_ops::{mul, to_f32};
 use crate::error::{ModelError, Result};
+use crate::loader::read_config_text;
 
 /// How `use_dynamic_shifting` bends the sigmas with `mu`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,13 +90,7 @@ struct RawFlowMatchConfig {
 
 impl FlowMatchConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        if !path.exists() {
-            return Err(ModelError::MissingFile {
-                what: "scheduler config".into(),
-                path: path.to_path_buf(),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
+        let text = read_config_text(path, "scheduler config")?;
         Self::from_json(&text).map_err(|e| match e {
             ModelError::InvalidInput { message, .. } => ModelError::invalid_file(path, message),
             other => other,

@@ -5,6 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
+use crate::loader::read_json;
 use crate::nn::Activation;
 
 fn d_three() -> usize {
@@ -88,14 +89,7 @@ impl TinyAutoencoderConfig {
     }
 
     pub fn from_file(path: &Path) -> Result<Self> {
-        if !path.is_file() {
-            return Err(ModelError::MissingFile {
-                what: "configuration of the tiny autoencoder".into(),
-                path: path.to_path_buf(),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        Self::from_json(&text).map_err(|e| ModelError::invalid_file(path, e.to_string()))
+        read_json(path, "configuration of the tiny autoencoder")
     }
 
     /// The activation `act_fn` names (diffusers' `get_activation` set).

@@ -4,6 +4,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::error::{ModelError, Result};
+use crate::loader::read_json;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ClipTextConfig {
@@ -71,15 +72,7 @@ pub enum ClipActivation {
 
 impl ClipTextConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
-        if !path.is_file() {
-            return Err(ModelError::MissingFile {
-                what: "CLIP text encoder config".to_owned(),
-                path: path.to_path_buf(),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let config: Self = serde_json::from_str(&text)
-            .map_err(|e| ModelError::invalid_file(path, e.to_string()))?;
+        let config: Self = read_json(path, "CLIP text encoder config")?;
         config
             .validate()
             .map_err(|message| ModelError::invalid_file(path, message))?;

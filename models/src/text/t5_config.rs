@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use super::clip_config::TokenIds;
 use crate::error::{ModelError, Result};
+use crate::loader::read_json;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct T5Config {
@@ -54,15 +55,7 @@ pub enum T5Activation {
 
 impl T5Config {
     pub fn from_file(path: &Path) -> Result<Self> {
-        if !path.is_file() {
-            return Err(ModelError::MissingFile {
-                what: "T5 text encoder config".to_owned(),
-                path: path.to_path_buf(),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| ModelError::io(path, e))?;
-        let config: Self = serde_json::from_str(&text)
-            .map_err(|e| ModelError::invalid_file(path, e.to_string()))?;
+        let config: Self = read_json(path, "T5 text encoder config")?;
         config
             .validate()
             .map_err(|message| ModelError::invalid_file(path, message))?;
