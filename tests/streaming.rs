@@ -384,3 +384,56 @@ async fn previews_from_a_tiny_autoencoder_when_one_is_configured() {
         "the tiny autoencoder draws its own preview"
     );
 }
+
+/// FLUX streams previews too: the linear map fitted to its 16-channel VAE, or TAEF1 when one is
+/// configured (chosen by latent channels), each the image's size and different from the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flux_previews_from_the_latents_and_from_taef1() {
+    let _serial = SERIAL.lock().await;
+    const FLUX: &str = "imago/tiny-flux";
+    let taef1 = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parity/taef1-decode/model");
+    let (engine, caps) = start_engine_with_decoders(
+        vec![model(FLUX, FLUX)],
+        16,
+        vec![PreviewDecoderToLoad {
+            model: None,
+            source: taef1.display().to_string(),
+        }],
+    )
+    .await;
+    let server = serve(engine, caps, Vec::new(), Limits::default()).await;
+    let mut previews = Vec::new();
+    for mode in ["taesd", "latent"] {
+        let started = Instant::now();
+        let mut request = body(
+            "96x64",
+            2,
+            1,
+            json!({"stream": true, "local": {"preview": mode}}),
+        );
+        request["model"] = json!(FLUX);
+        let response = post_stream(&server, &request).await;
+        let events = read_events(response, started, |e| e.data == "[DONE]").await;
+        let kinds: Vec<String> = events
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(&e.data).ok())
+            .map(|v| v["type"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "image_generation.partial_image",
+                "image_generation.completed"
+            ],
+            "{mode}"
+        );
+        let partial: Value = serde_json::from_str(&events[0].data).unwrap();
+        let image = image::load_from_memory(&b64(partial["b64_json"].as_str().unwrap()))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(image.dimensions(), (96, 64), "{mode}");
+        previews.push(image);
+    }
+    assert_ne!(previews[0], previews[1], "TAEF1 draws its own preview");
+}
