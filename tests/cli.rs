@@ -135,6 +135,7 @@ fn builtin_models_generate_without_any_files() {
         ("imago/tiny-sdxl", "f32"),
         ("imago/tiny-sdxl", "f16"),
         ("imago/tiny-flux", "f32"),
+        ("imago/tiny-flux", "f16"),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
