@@ -1843,6 +1843,46 @@ async fn flux_models_work_through_the_openrouter_route() {
         .expect(400);
         assert_or_field_error(&reply, &format!("provider.options.local.{option}"), option);
     }
+    // The listings say what FLUX takes: a T5 length, no negative prompt, no scheduler choice.
+    let list = get(server, Some(KEY), "/api/v1/images/models")
+        .await
+        .expect(200)
+        .json();
+    let params = |id: &str| {
+        list["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .unwrap()["supported_parameters"]
+            .clone()
+    };
+    let flux = params(FLUX);
+    assert!(flux.get("max_sequence_length").is_some(), "{flux}");
+    assert!(
+        flux.get("negative_prompt").is_none() && flux.get("scheduler").is_none(),
+        "{flux}"
+    );
+    let sd = params(TINY);
+    assert!(sd.get("negative_prompt").is_some() && sd.get("max_sequence_length").is_none());
+    let endpoints = get(
+        server,
+        Some(KEY),
+        &format!("/api/v1/images/models/{FLUX}/endpoints"),
+    )
+    .await
+    .expect(200)
+    .json();
+    let passthrough = &endpoints["endpoints"][0]["allowed_passthrough_parameters"];
+    assert!(passthrough
+        .as_array()
+        .unwrap()
+        .contains(&json!("max_sequence_length")));
+    assert!(!passthrough
+        .as_array()
+        .unwrap()
+        .contains(&json!("negative_prompt")));
+
     // T5's length is a FLUX option only.
     let reply = post(
         server,

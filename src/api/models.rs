@@ -14,10 +14,11 @@ use super::wire::openrouter::{
 };
 use super::AppState;
 use crate::domain::caps::ModelCaps;
-use crate::domain::request::LOCAL_OPTION_KEYS;
+use crate::domain::request::{LOCAL_OPTION_KEYS, MAX_SEQUENCE_LENGTH};
 use crate::domain::size::resolution_side;
 use crate::error::{ApiError, Surface};
 use crate::providers::ServedModel;
+use imago_models::specs::Family;
 
 /// What a model accepts, as OpenRouter's capability descriptors.
 pub fn supported_parameters(caps: &ModelCaps) -> BTreeMap<String, CapabilityDescriptor> {
@@ -79,11 +80,22 @@ pub fn supported_parameters(caps: &ModelCaps) -> BTreeMap<String, CapabilityDesc
         CapabilityDescriptor::range(1.0, caps.max_steps as f64),
     );
     put("guidance_scale", CapabilityDescriptor::range(0.0, 30.0));
-    put("negative_prompt", CapabilityDescriptor::Boolean);
-    put(
-        "scheduler",
-        CapabilityDescriptor::values(caps.schedulers.iter().cloned()),
-    );
+    // FLUX runs one conditional pass per step with its own flow-matching scheduler: no negative
+    // prompt and no scheduler choice, but a T5 length.
+    if caps.family == Family::Flux {
+        put(
+            "max_sequence_length",
+            CapabilityDescriptor::range(1.0, MAX_SEQUENCE_LENGTH as f64),
+        );
+    } else {
+        put("negative_prompt", CapabilityDescriptor::Boolean);
+    }
+    if !caps.schedulers.is_empty() {
+        put(
+            "scheduler",
+            CapabilityDescriptor::values(caps.schedulers.iter().cloned()),
+        );
+    }
     put("strength", CapabilityDescriptor::range(0.0, 1.0));
     put(
         "width",
@@ -150,6 +162,21 @@ pub async fn openrouter_endpoints_unscoped(
     endpoints(&state, &headers, &slug)
 }
 
+/// The `provider.options.local` keys this model takes (FLUX: no negative prompt or scheduler, but a
+/// T5 length; the other families the reverse).
+fn local_options(caps: &ModelCaps) -> Vec<String> {
+    let flux_only = ["max_sequence_length"];
+    let not_flux = ["negative_prompt", "scheduler"];
+    LOCAL_OPTION_KEYS
+        .iter()
+        .filter(|key| match caps.family {
+            Family::Flux => !not_flux.contains(key),
+            _ => !flux_only.contains(key),
+        })
+        .map(|s| s.to_string())
+        .collect()
+}
+
 fn endpoints(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
     let result = (|| {
         state.auth.authenticate(headers)?;
@@ -157,10 +184,7 @@ fn endpoints(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
         Ok::<_, ApiError>(ImageModelEndpointsResponse {
             id: id.to_string(),
             endpoints: vec![ImageEndpoint {
-                allowed_passthrough_parameters: LOCAL_OPTION_KEYS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
+                allowed_passthrough_parameters: local_options(&model.caps),
                 pricing: vec![ImagePricingEntry::free_output_image()],
                 provider_name: "imago local engine".into(),
                 provider_slug: model.provider.slug().into(),

@@ -198,6 +198,9 @@ function applyModel() {
   setRange(ui.steps, "steps");
   setRange(ui.guidance, "guidance_scale");
   setRange(ui.n, "n");
+  // FLUX takes no negative prompt and has one scheduler: those fields are off for it.
+  ui.negative.disabled = capability("negative_prompt") === undefined;
+  ui.scheduler.disabled = values("scheduler").length === 0;
 }
 
 function showSizeMode() {
@@ -261,7 +264,7 @@ function numberField(value) {
  */
 function requestBody(p) {
   const local = { partial_images: Number(p.partials) };
-  if (p.negative) local.negative_prompt = p.negative;
+  if (p.negative && !ui.negative.disabled) local.negative_prompt = p.negative;
   if (p.steps !== "") local.steps = numberField(p.steps);
   if (p.guidance !== "") local.guidance_scale = numberField(p.guidance);
   if (p.scheduler) local.scheduler = p.scheduler;
