@@ -419,6 +419,26 @@ fn pull_writes_the_hf_cache_layout() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(hub.downloads().len(), before);
 
+    // A file lost from the snapshot and its blob: `models` says partial, a pull fetches just it.
+    let lost = "vae/config.json";
+    std::fs::remove_file(snapshot.join(lost)).unwrap();
+    std::fs::remove_file(repo.join("blobs").join(hub.file(lost).etag())).unwrap();
+    let models = imago(&["models"], home.path(), &hub.url, &[]);
+    let listing = String::from_utf8_lossy(&models.stdout);
+    let line = listing.lines().find(|l| l.starts_with(REPO)).unwrap();
+    assert!(line.contains("partial 11/12"), "{line}");
+    let out = imago(&["pull", REPO, "--quiet"], home.path(), &hub.url, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let fetched: Vec<String> = hub.downloads()[before..]
+        .iter()
+        .map(|(_, path, ..)| path.clone())
+        .collect();
+    assert_eq!(fetched, [format!("/{REPO}/resolve/{COMMIT}/{lost}")]);
+    assert_eq!(
+        std::fs::read(snapshot.join(lost)).unwrap(),
+        hub.file(lost).bytes
+    );
+
     // A repo outside the catalog is refused, naming the catalog, before any request.
     let requests = hub.log().len();
     let out = imago(&["pull", "someone/else"], home.path(), &hub.url, &[]);

@@ -201,7 +201,18 @@ pub async fn ensure_available(config: &HubConfig, source: &str) -> Result<(), Hu
         return Ok(());
     };
     if cached_snapshot(&config.cache_dir, &repo_id, revision.as_deref())?.is_some() {
-        return Ok(());
+        // A catalog model's snapshot may lack files (an interrupted pull of a newer commit
+        // leaves the ref alone; files deleted by hand): online, fetch what is missing.
+        let partial = specs::find(&repo_id).is_some_and(|spec| {
+            revision.as_deref().is_none_or(|r| r == spec.revision())
+                && matches!(
+                    local_status(spec, &config.cache_dir),
+                    LocalStatus::Partial { .. }
+                )
+        });
+        if !partial || config.offline {
+            return Ok(());
+        }
     }
     if config.offline {
         return Err(offline_error(config, &repo_id, revision.as_deref()));
