@@ -603,3 +603,30 @@ fn generate_downloads_once_then_loads_offline_like_the_folder() {
         let _ = std::fs::remove_dir_all(png.parent().unwrap());
     }
 }
+
+#[test]
+fn a_partial_file_left_by_an_earlier_run_is_continued() {
+    let vae = "vae/diffusion_pytorch_model.safetensors";
+    let hub = FakeHub::start(Behaviour::default());
+    let home = tempfile::tempdir().unwrap();
+    let blobs = repo_dir(home.path()).join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let file = hub.file(vae);
+    let kept = file.bytes.len() / 3;
+    std::fs::write(
+        blobs.join(format!("{}.incomplete", file.etag())),
+        &file.bytes[..kept],
+    )
+    .unwrap();
+    let out = imago(&["pull", REPO, "--quiet"], home.path(), &hub.url, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let gets: Vec<Logged> = hub
+        .downloads()
+        .into_iter()
+        .filter(|(_, path, ..)| path.ends_with(vae))
+        .collect();
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert_eq!(gets[0].2, Some(format!("bytes={kept}-")));
+    let snapshot = repo_dir(home.path()).join("snapshots").join(COMMIT);
+    assert_eq!(std::fs::read(snapshot.join(vae)).unwrap(), file.bytes);
+}

@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 use super::api::{authorized, check_status, resolve_url, send};
 use super::config::HubConfig;
 use super::error::HubError;
+use super::lock::BlobLock;
 use super::plan::{Digest, RemoteFile};
 
 /// Tries per file before a network failure is final; each continues where the last stopped.
@@ -39,6 +40,12 @@ pub async fn fetch_blob(
     }
     std::fs::create_dir_all(blobs_dir).map_err(|e| HubError::io(blobs_dir, e))?;
     let partial = blobs_dir.join(format!("{}.incomplete", file.digest.hex()));
+    let lock = blobs_dir.join(format!("{}.lock", file.digest.hex()));
+    let _lock = BlobLock::acquire(&lock, &partial).await?;
+    // Another process may have finished it while we waited.
+    if std::fs::metadata(&blob).is_ok_and(|m| m.is_file() && m.len() == file.size) {
+        return Ok(blob);
+    }
     let url = resolve_url(source.config, source.repo_id, source.commit, &file.path);
     let mut state = Partial::resume(&partial, file)?;
     bar.inc(state.len);

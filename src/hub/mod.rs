@@ -9,6 +9,7 @@ mod config;
 mod download;
 mod error;
 mod local;
+mod lock;
 mod plan;
 mod pull;
 
