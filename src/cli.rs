@@ -29,8 +29,11 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Generate images on this machine and write them as PNG files.
     Generate(Box<GenerateArgs>),
-    /// List the built-in model catalog.
+    /// List the model catalog with what the local Hugging Face cache holds of each model.
     Models,
+    /// Download a catalog model's files from the Hugging Face hub into the local cache
+    /// (`$HF_HOME/hub`, as huggingface_hub lays it out).
+    Pull(PullArgs),
     /// Print the OpenAPI document of the HTTP API.
     PrintOpenapi,
 }
@@ -46,7 +49,7 @@ pub struct ServeArgs {
     pub port: u16,
 
     /// A model to serve, `[ID=]SOURCE` (repeatable, or comma-separated in IMAGO_MODELS): SOURCE is a
-    /// Hugging Face repo id in the local cache, a diffusers folder, or a built-in id; without `ID=`
+    /// Hugging Face repo id (from the local cache; downloaded first when missing and online), a diffusers folder, or a built-in id; without `ID=`
     /// the id is the repo id or the folder's name. Default: stabilityai/sd-turbo when cached, else imago/tiny-sd.
     #[arg(long = "model", env = "IMAGO_MODELS", value_delimiter = ',')]
     pub models: Vec<String>,
@@ -107,12 +110,40 @@ pub struct ServeArgs {
     /// Turn off the browser playground at `/` (the page that tries the API from a browser).
     #[arg(long, env = "IMAGO_NO_PLAYGROUND")]
     pub no_playground: bool,
+
+    /// Never contact the Hugging Face hub (also HF_HUB_OFFLINE=1): a `--model` repo missing from
+    /// the cache is an error instead of a download.
+    #[arg(long, env = "IMAGO_OFFLINE")]
+    pub offline: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// The repo id (`org/name`) of a catalog model (`imago models` lists them).
+    pub repo: String,
+
+    /// Branch, tag or commit to download (default: the catalog's, `main`).
+    #[arg(long)]
+    pub revision: Option<String>,
+
+    /// Every file of the repo (pickle weights excepted) instead of the catalog's list; needed for
+    /// a repo that is not in the catalog.
+    #[arg(long)]
+    pub all: bool,
+
+    /// Never contact the hub (also HF_HUB_OFFLINE=1): only report whether the cache holds the model.
+    #[arg(long, env = "IMAGO_OFFLINE")]
+    pub offline: bool,
+
+    /// No progress bar.
+    #[arg(long, env = "IMAGO_QUIET")]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A diffusers folder, a Hugging Face repo id in the local HF cache (`org/name[@revision]`),
-    /// or a built-in model (`imago/tiny-sd`, `imago/tiny-sdxl`).
+    /// A diffusers folder, a Hugging Face repo id (`org/name[@revision]`: from the local HF cache,
+    /// downloaded first when missing and online), or a built-in model (`imago/tiny-sd`, `imago/tiny-sdxl`).
     #[arg(long, env = "IMAGO_MODEL", default_value = "imago/tiny-sd")]
     pub model: String,
 
@@ -190,6 +221,11 @@ pub struct GenerateArgs {
     /// No progress bar.
     #[arg(long, env = "IMAGO_QUIET")]
     pub quiet: bool,
+
+    /// Never contact the Hugging Face hub (also HF_HUB_OFFLINE=1): a `--model` repo missing from
+    /// the cache is an error instead of a download.
+    #[arg(long, env = "IMAGO_OFFLINE")]
+    pub offline: bool,
 }
 
 /// Parses the command line, runs the command, and maps errors to a one-line message and exit code.
@@ -200,6 +236,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => commands::serve::run(*args),
         Command::Generate(args) => commands::generate::run(*args),
         Command::Models => commands::models::run(),
+        Command::Pull(args) => commands::pull::run(args),
         Command::PrintOpenapi => commands::print_openapi::run(),
     };
     match result {

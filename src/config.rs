@@ -190,7 +190,7 @@ pub fn default_models() -> Vec<ModelToLoad> {
     tracing::warn!(
         "no --model given and {PREFERRED_DEFAULT_MODEL} is not in the Hugging Face cache ({}): serving the built-in \
          {BUILTIN_DEFAULT_MODEL} (random weights, noise-like pictures). For real images run \
-         `hf download {PREFERRED_DEFAULT_MODEL}` and restart, or pass --model PATH_OR_REPO",
+         `imago pull {PREFERRED_DEFAULT_MODEL}` and restart, or pass --model PATH_OR_REPO",
         cache.display()
     );
     vec![ModelToLoad {

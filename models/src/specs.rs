@@ -72,6 +72,10 @@ pub struct ModelSpec {
     pub revision: Option<String>,
     #[serde(default)]
     pub builtin: bool,
+    /// The repo files `imago pull` fetches (paths relative to the repo root), the loaded
+    /// components only; empty for built-in models.
+    #[serde(default)]
+    pub files: Vec<String>,
     pub defaults: Defaults,
     pub quality: QualitySteps,
     pub limits: Limits,
@@ -138,6 +142,24 @@ pub fn all() -> &'static [ModelSpec] {
     SPECS.get_or_init(|| parse_all().expect("embedded model specs parse (checked by tests)"))
 }
 
+impl ModelSpec {
+    /// The revision to fetch: the spec's, else `main`.
+    pub fn revision(&self) -> &str {
+        self.revision.as_deref().unwrap_or("main")
+    }
+}
+
+/// A repo file path that is safe to join under a snapshot folder: relative, `/`-separated, no
+/// empty, `.` or `..` component, no backslash.
+pub fn is_safe_repo_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\\')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
 /// The spec of a repo id (case-insensitive, as the hub treats ids).
 pub fn find(id: &str) -> Option<&'static ModelSpec> {
     all().iter().find(|s| s.id.eq_ignore_ascii_case(id))
@@ -187,6 +209,82 @@ mod tests {
                     && spec.defaults.width <= spec.limits.max_side
             );
         }
+    }
+
+    #[test]
+    fn hub_specs_list_their_files_and_built_ins_none() {
+        for spec in parse_all().unwrap() {
+            if spec.builtin {
+                assert!(
+                    spec.files.is_empty() && spec.revision.is_none(),
+                    "{}",
+                    spec.id
+                );
+                continue;
+            }
+            assert!(spec.revision.is_some(), "{}: no revision", spec.id);
+            assert!(
+                spec.files.iter().any(|f| f == "model_index.json"),
+                "{}: model_index.json is not fetched",
+                spec.id
+            );
+            let mut seen = std::collections::BTreeSet::new();
+            for file in &spec.files {
+                assert!(is_safe_repo_path(file), "{}: {file}", spec.id);
+                assert!(seen.insert(file), "{}: {file} twice", spec.id);
+                assert!(
+                    !file.ends_with(".bin") && !file.ends_with(".ckpt"),
+                    "{}: {file} is a pickle",
+                    spec.id
+                );
+            }
+            // Every component the family loads has its config (or tokenizer files) and weights.
+            let components: &[&str] = match spec.family {
+                Family::StableDiffusion => &["unet", "vae", "text_encoder"],
+                Family::StableDiffusionXl => &["unet", "vae", "text_encoder", "text_encoder_2"],
+                Family::Flux => &["transformer", "vae", "text_encoder", "text_encoder_2"],
+            };
+            for component in components {
+                let has = |suffix: &str| {
+                    spec.files
+                        .iter()
+                        .any(|f| f.starts_with(&format!("{component}/")) && f.ends_with(suffix))
+                };
+                assert!(has("config.json"), "{}: {component} config", spec.id);
+                assert!(
+                    has(".safetensors") || has(".safetensors.index.json"),
+                    "{}: {component} weights",
+                    spec.id
+                );
+            }
+            let fp16 = spec.files.iter().any(|f| f.contains(".fp16."));
+            // The FLUX.1 repos ship no fp16 variants; the SD-family repos fetch them.
+            assert_eq!(fp16, spec.family != Family::Flux, "{}", spec.id);
+        }
+        let schnell = find("black-forest-labs/FLUX.1-schnell").unwrap();
+        let shards = |prefix: &str| {
+            schnell
+                .files
+                .iter()
+                .filter(|f| f.starts_with(prefix))
+                .count()
+        };
+        assert_eq!(shards("transformer/diffusion_pytorch_model-0000"), 3);
+        assert_eq!(shards("text_encoder_2/model-0000"), 2);
+    }
+
+    #[test]
+    fn specs_are_strict() {
+        let base = SPEC_FILES[5].1;
+        let with_unknown = base.replacen("family =", "filez = [\"x\"]\nfamily =", 1);
+        assert!(toml::from_str::<ModelSpec>(&with_unknown).is_err());
+        assert!(toml::from_str::<ModelSpec>(base).is_ok());
+        for bad in ["", "/a", "a/../b", "a//b", "./a", "a\\b"] {
+            assert!(!is_safe_repo_path(bad), "{bad}");
+        }
+        assert!(is_safe_repo_path(
+            "unet/diffusion_pytorch_model.fp16.safetensors"
+        ));
     }
 
     #[test]

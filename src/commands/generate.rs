@@ -24,6 +24,13 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         ),
         None => None,
     };
+    // A hub repo missing from the cache is downloaded now (or is an offline error).
+    let hub = crate::hub::HubConfig {
+        progress: !args.quiet,
+        ..crate::hub::HubConfig::from_env(args.offline)
+    };
+    crate::hub::ensure_available_blocking(&hub, &args.model)
+        .with_context(|| format!("cannot load model {}", args.model))?;
     let load_started = Instant::now();
     let options = LoadOptions {
         low_memory: args.low_memory,

@@ -2,4 +2,5 @@
 pub mod generate;
 pub mod models;
 pub mod print_openapi;
+pub mod pull;
 pub mod serve;

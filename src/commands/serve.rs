@@ -1,18 +1,27 @@
 //! `imago serve`: the command line to a `ServerConfig`, then the server.
 use std::net::SocketAddr;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::cli::ServeArgs;
 use crate::config::{self, ApiKey, Limits, ServerConfig};
 use crate::imaging::ReferenceLimits;
 
 pub fn run(args: ServeArgs) -> Result<()> {
+    let hub = crate::hub::HubConfig::from_env(args.offline);
     let config = server_config(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(crate::server::run(config))
+    runtime.block_on(async {
+        // Hub repos missing from the cache are downloaded before loading (or fail fast offline).
+        for model in &config.models {
+            crate::hub::ensure_available(&hub, &model.source)
+                .await
+                .with_context(|| format!("cannot load model {}", model.id))?;
+        }
+        crate::server::run(config).await
+    })
 }
 
 pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {

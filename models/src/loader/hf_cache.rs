@@ -109,7 +109,7 @@ fn is_commit_hash(s: &str) -> bool {
 
 /// Hub repo ids: `name` or `org/name`, each part of ASCII letters, digits, `-`, `_`, `.`, not
 /// starting or ending with `-`/`.`, and no `--` or `..` (the hub's own rules).
-pub(crate) fn is_valid_repo_id(repo_id: &str) -> bool {
+pub fn is_valid_repo_id(repo_id: &str) -> bool {
     let parts: Vec<&str> = repo_id.split('/').collect();
     parts.len() <= 2
         && repo_id.len() <= 96

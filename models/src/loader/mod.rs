@@ -8,7 +8,7 @@ mod source;
 mod weights;
 
 pub use folder::{Component, ModelFolder};
-pub use hf_cache::{cached_snapshot, hf_home, hub_cache_dir};
+pub use hf_cache::{cached_snapshot, hf_home, hub_cache_dir, is_valid_repo_id};
 pub use json_file::{read_config_text, read_json};
 pub use single_file::{
     bfl_autoencoder_config, bfl_autoencoder_var_builder, bfl_transformer_shapes,

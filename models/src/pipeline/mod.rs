@@ -308,10 +308,13 @@ fn not_cached(repo_id: &str, revision: Option<&str>, cache: &Path) -> ModelError
     let rev = revision
         .map(|r| format!(" at revision {r}"))
         .unwrap_or_default();
+    let rev_arg = revision
+        .map(|r| format!(" --revision {r}"))
+        .unwrap_or_default();
     ModelError::MissingFile {
         what: format!(
-            "model {repo_id}{rev} in the local Hugging Face cache (download it with `hf download {repo_id}` \
-             or pass a diffusers folder to --model)"
+            "model {repo_id}{rev} in the local Hugging Face cache (HF_HOME / HF_HUB_CACHE; download \
+             it with `imago pull {repo_id}{rev_arg}`, or pass a diffusers folder to --model)"
         ),
         path: repo_dir,
     }
