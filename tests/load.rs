@@ -341,7 +341,7 @@ async fn too_many_pixels_are_refused_before_queueing() {
 }
 
 #[tokio::test]
-async fn ready_is_503_while_the_queue_is_full() {
+async fn ready_is_503_while_the_queue_is_full_and_left_places_free_up() {
     let _serial = SERIAL.lock().await;
     let server = server_with(1, scheduling(1)).await;
     let engine = &server.engine;
@@ -378,7 +378,22 @@ async fn ready_is_503_while_the_queue_is_full() {
     let refused = post(&reqwest::Client::new(), &server, &body("x", 1, "64x64", 2)).await;
     assert_eq!(refused.status(), 429);
     assert!(refused.headers().contains_key("retry-after"));
-    drop((running, waiting));
+    // A waiting job whose client leaves frees its place at the next step of the running one.
+    drop(waiting);
+    let started = Instant::now();
+    while engine.queue_depth() > 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the place was not freed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(engine.in_flight(), 1, "the running job should still run");
+    assert_eq!(
+        reqwest::get(server.url("/ready")).await.unwrap().status(),
+        200
+    );
+    drop(running);
     wait_idle(engine, Duration::from_secs(20)).await;
     assert_eq!(
         reqwest::get(server.url("/ready")).await.unwrap().status(),

@@ -1,5 +1,6 @@
 //! The engine thread: loads the models, then runs jobs until the queue closes, taking compatible
 //! waiting jobs together (up to `max_batch`) as one engine batch.
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -29,7 +30,7 @@ pub(super) struct Ready {
 pub(super) fn run(
     config: EngineConfig,
     models: Vec<ModelToLoad>,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    jobs: mpsc::UnboundedReceiver<Job>,
     state: Arc<EngineState>,
     ready: oneshot::Sender<Result<Vec<Ready>, EngineError>>,
 ) {
@@ -55,28 +56,79 @@ pub(super) fn run(
     }
     let max_batch = config.scheduling.max_batch.max(1);
     let limit_s = config.scheduling.request_timeout.as_secs();
-    // Jobs taken from the channel but not yet run (held back while another batch ran).
-    let mut held: VecDeque<Job> = VecDeque::new();
+    let queue = RefCell::new(Waiting {
+        held: VecDeque::new(),
+        jobs,
+    });
     loop {
-        let first = match held.pop_front() {
-            Some(job) => job,
-            None => match jobs.blocking_recv() {
-                Some(job) => job,
-                None => break,
-            },
+        let next = {
+            let mut waiting = queue.borrow_mut();
+            match waiting.held.pop_front() {
+                Some(job) => Some(job),
+                None => waiting.jobs.blocking_recv(),
+            }
         };
-        while let Ok(job) = jobs.try_recv() {
-            held.push_back(job);
-        }
-        let batch = take_batch(first, &mut held, &loaded, max_batch);
+        let Some(first) = next else {
+            break;
+        };
+        let batch = {
+            let mut waiting = queue.borrow_mut();
+            waiting.drain_channel();
+            take_batch(first, &mut waiting.held, &loaded, max_batch)
+        };
         state.waiting.fetch_sub(batch.len(), Ordering::SeqCst);
         let runnable = triage(batch, &state, limit_s);
         if runnable.is_empty() {
             continue;
         }
-        run_batch(&loaded, runnable, &state, limit_s);
+        // Between steps of this batch, waiting jobs whose client left or whose deadline passed
+        // are answered at once instead of when their turn comes.
+        let sweep = || queue.borrow_mut().sweep(&state, limit_s);
+        run_batch(&loaded, runnable, &state, limit_s, &sweep);
     }
     tracing::info!("engine queue closed; engine thread exits");
+}
+
+/// The jobs not yet started: the channel, and those taken from it but held back (not batchable
+/// with the batch that ran).
+struct Waiting {
+    held: VecDeque<Job>,
+    jobs: mpsc::UnboundedReceiver<Job>,
+}
+
+impl Waiting {
+    fn drain_channel(&mut self) {
+        while let Ok(job) = self.jobs.try_recv() {
+            self.held.push_back(job);
+        }
+    }
+
+    /// Answers (and forgets) the waiting jobs whose client left or whose deadline passed, so
+    /// their queue places free up while a long batch runs.
+    fn sweep(&mut self, state: &EngineState, limit_s: u64) {
+        self.drain_channel();
+        let now = Instant::now();
+        let before = self.held.len();
+        self.held.retain(|job| {
+            if job.cancel.load(Ordering::SeqCst) {
+                state.metrics.cancelled.inc();
+                return false;
+            }
+            if now >= job.deadline {
+                let _entered = job.span.clone().entered();
+                state.metrics.timeouts.inc();
+                tracing::warn!(limit_s, "request timed out while queued");
+                let _ = job
+                    .events
+                    .try_send(JobEvent::Finished(Err(EngineError::TimedOut { limit_s })));
+                return false;
+            }
+            true
+        });
+        state
+            .waiting
+            .fetch_sub(before - self.held.len(), Ordering::SeqCst);
+    }
 }
 
 /// `first` and the held jobs that may run with it (same model and batch key), oldest first, up
@@ -145,7 +197,13 @@ fn triage(batch: Vec<Job>, state: &EngineState, limit_s: u64) -> Vec<Job> {
 }
 
 /// Runs `batch` (jobs for one model) as one engine batch and answers each job.
-fn run_batch(loaded: &HashMap<String, Served>, batch: Vec<Job>, state: &EngineState, limit_s: u64) {
+fn run_batch(
+    loaded: &HashMap<String, Served>,
+    batch: Vec<Job>,
+    state: &EngineState,
+    limit_s: u64,
+    between_steps: &dyn Fn(),
+) {
     let metrics = &state.metrics;
     let started = Instant::now();
     metrics.engine_batch_requests.observe(batch.len() as f64);
@@ -155,7 +213,7 @@ fn run_batch(loaded: &HashMap<String, Served>, batch: Vec<Job>, state: &EngineSt
             .iter()
             .map(|job| Err(EngineError::UnknownModel(job.model.clone())))
             .collect(),
-        Some(served) => generate(served, &batch, state, started, limit_s),
+        Some(served) => generate(served, &batch, state, started, limit_s, between_steps),
     };
     state.running.fetch_sub(batch.len(), Ordering::SeqCst);
     state.record_job_time(started.elapsed() / batch.len() as u32);
@@ -319,6 +377,7 @@ fn generate(
     state: &EngineState,
     started: Instant,
     limit_s: u64,
+    between_steps: &dyn Fn(),
 ) -> Vec<Result<JobOutput, EngineError>> {
     let model = &served.model;
     let mut observers: Vec<JobObserver<'_>> = batch
@@ -337,6 +396,7 @@ fn generate(
             metrics: &state.metrics,
             // One step of a batch is one step: timed once.
             times_steps: i == 0,
+            between_steps,
             started,
             last_step: started,
         })
@@ -427,6 +487,8 @@ struct JobObserver<'a> {
     metrics: &'a Metrics,
     /// Whether this observer records step times (the first of a batch does).
     times_steps: bool,
+    /// Answers waiting jobs that expired or were left (cheap; called after every step).
+    between_steps: &'a dyn Fn(),
     /// When the job left the queue.
     started: Instant,
     /// When the previous step ended (or the noise was drawn).
@@ -456,6 +518,7 @@ impl StepObserver for JobObserver<'_> {
                 .step_time
                 .observe_duration(now - self.last_step);
         }
+        (self.between_steps)();
         self.last_step = now;
         if self.partial_images > 0
             && preview_steps(progress.total, self.partial_images).contains(&progress.step)
