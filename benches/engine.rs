@@ -7,7 +7,9 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
 use imago_models::device::{DTypeChoice, DeviceChoice};
-use imago_models::pipeline::{DiffusionPipeline, GenerationRequest, LoadedModel, NoObserver};
+use imago_models::pipeline::{
+    DiffusionPipeline, GenerationRequest, LoadedModel, NoObserver, StepObserver,
+};
 use imago_models::rng::TorchGenerator;
 
 fn request(side: usize, steps: usize) -> GenerationRequest {
@@ -63,6 +65,42 @@ fn pipelines(c: &mut Criterion) {
     }
 }
 
+/// 8 compatible requests (own prompts and seeds) as one engine batch against one after the other:
+/// the speed-up `--max-batch` buys (the images are the same bytes either way).
+fn batching(c: &mut Criterion) {
+    let model =
+        LoadedModel::load("imago/tiny-sd", DeviceChoice::Cpu, DTypeChoice::F32).expect("built-in");
+    let requests: Vec<GenerationRequest> = (0..8u64)
+        .map(|i| GenerationRequest {
+            prompt: format!("a lighthouse at dusk, variant {i}"),
+            seed: 100 + i,
+            ..request(128, 8)
+        })
+        .collect();
+    let mut group = c.benchmark_group("cpu/tiny-sd/128/8_requests");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
+    group.bench_function("sequential", |b| {
+        b.iter(|| {
+            for r in &requests {
+                black_box(model.generate(r, &mut NoObserver).unwrap());
+            }
+        })
+    });
+    group.bench_function("batched", |b| {
+        b.iter(|| {
+            let mut observers: Vec<NoObserver> = requests.iter().map(|_| NoObserver).collect();
+            let mut observers: Vec<&mut dyn StepObserver> = observers
+                .iter_mut()
+                .map(|o| o as &mut dyn StepObserver)
+                .collect();
+            black_box(model.generate_batch(&requests, &mut observers))
+        })
+    });
+    group.finish();
+}
+
 fn group_norm(c: &mut Criterion) {
     // The shape of SD's largest GroupNorm at 512 px: 320 channels at 64x64 latents, batch 2 (CFG).
     let x = TorchGenerator::new(2)
@@ -97,5 +135,5 @@ fn group_norm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipelines, group_norm);
+criterion_group!(benches, pipelines, batching, group_norm);
 criterion_main!(benches);

@@ -111,6 +111,25 @@ pub struct ServeArgs {
     #[arg(long, env = "IMAGO_NO_PLAYGROUND")]
     pub no_playground: bool,
 
+    // Scheduling (engine).
+    /// Compatible waiting requests (same model, size, steps, guidance, scheduler; text-to-image)
+    /// run together as one engine batch of up to this many requests; 1 turns batching off.
+    #[arg(long, env = "IMAGO_MAX_BATCH", default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub max_batch: u64,
+
+    /// Seconds a request may wait and run; past it the job stops and the client gets 504.
+    #[arg(long, env = "IMAGO_REQUEST_TIMEOUT", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout: u64,
+
+    /// Most pixels (n x width x height) one request may ask for; default: an estimate from the
+    /// memory available at start-up (CPU; unlimited on GPUs).
+    #[arg(long, env = "IMAGO_MAX_PIXELS")]
+    pub max_pixels: Option<u64>,
+
+    /// On SIGTERM, seconds to let accepted requests finish before cancelling what still runs.
+    #[arg(long, env = "IMAGO_SHUTDOWN_GRACE", default_value_t = 30)]
+    pub shutdown_grace: u64,
+
     /// Never contact the Hugging Face hub (also HF_HUB_OFFLINE=1): a `--model` repo missing from
     /// the cache is an error instead of a download.
     #[arg(long, env = "IMAGO_OFFLINE")]

@@ -125,6 +125,10 @@ pub struct ServerConfig {
     pub low_memory: bool,
     /// Serve the browser playground at `/`.
     pub playground: bool,
+    /// Batching, request timeout and pixel limit of the engine.
+    pub scheduling: crate::engine::Scheduling,
+    /// On SIGTERM, how long accepted work may run before it is cancelled.
+    pub shutdown_grace: std::time::Duration,
 }
 
 /// `--preview-decoder [MODEL_ID=]SOURCE`.

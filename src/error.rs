@@ -44,6 +44,9 @@ pub enum ApiError {
     BadGateway(String),
     #[error("not ready: {0}")]
     NotReady(String),
+    /// The request ran past `--request-timeout` (504).
+    #[error("{0}")]
+    Timeout(String),
 }
 
 impl ApiError {
@@ -82,6 +85,7 @@ impl ApiError {
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -116,6 +120,7 @@ impl ApiError {
             Self::Internal(_) => ("server_error", None),
             Self::BadGateway(_) => ("server_error", Some("generation_incomplete")),
             Self::NotReady(_) => ("server_error", Some("not_ready")),
+            Self::Timeout(_) => ("server_error", Some("timeout")),
         }
     }
 

@@ -84,6 +84,7 @@ const SECONDS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 const BATCH: &[f64] = &[1.0, 2.0, 4.0, 8.0, 10.0];
+const ENGINE_BATCH: &[f64] = &[1.0, 2.0, 3.0, 4.0, 8.0, 16.0];
 
 /// Every metric the server exports.
 pub struct Metrics {
@@ -93,11 +94,17 @@ pub struct Metrics {
     pub previews_sent: Counter,
     pub previews_dropped: Counter,
     pub engine_failures: Counter,
+    /// Jobs stopped or refused at their `--request-timeout`.
+    pub timeouts: Counter,
+    /// Requests refused up front because their pixels exceed the memory estimate.
+    pub refused_too_large: Counter,
     pub queue_wait: Histogram,
     pub step_time: Histogram,
     pub decode_time: Histogram,
     pub time_to_first_preview: Histogram,
     pub batch_size: Histogram,
+    /// Requests run together in one engine batch.
+    pub engine_batch_requests: Histogram,
 }
 
 impl Default for Metrics {
@@ -109,11 +116,14 @@ impl Default for Metrics {
             previews_sent: Counter::default(),
             previews_dropped: Counter::default(),
             engine_failures: Counter::default(),
+            timeouts: Counter::default(),
+            refused_too_large: Counter::default(),
             queue_wait: Histogram::new(SECONDS),
             step_time: Histogram::new(SECONDS),
             decode_time: Histogram::new(SECONDS),
             time_to_first_preview: Histogram::new(SECONDS),
             batch_size: Histogram::new(BATCH),
+            engine_batch_requests: Histogram::new(ENGINE_BATCH),
         }
     }
 }
@@ -176,6 +186,16 @@ impl Metrics {
                 "Generations that failed inside the engine.",
                 &self.engine_failures,
             ),
+            (
+                "imago_timeouts_total",
+                "Jobs stopped or refused at the request timeout (--request-timeout).",
+                &self.timeouts,
+            ),
+            (
+                "imago_refused_too_large_total",
+                "Requests refused before queueing: more pixels than the memory estimate allows.",
+                &self.refused_too_large,
+            ),
         ];
         for (name, help, counter) in counters {
             let _ = writeln!(
@@ -208,6 +228,11 @@ impl Metrics {
         );
         self.batch_size
             .render(&mut out, "imago_batch_size", "Images per engine job.");
+        self.engine_batch_requests.render(
+            &mut out,
+            "imago_engine_batch_requests",
+            "Requests run together as one engine batch (--max-batch).",
+        );
         out
     }
 }
@@ -235,5 +260,15 @@ mod tests {
         assert!(text.contains("imago_step_seconds_bucket{le=\"5\"} 2"));
         assert!(text.contains("imago_step_seconds_count 2"));
         assert!(text.contains("imago_step_seconds_sum 3.02"));
+        m.engine_batch_requests.observe(3.0);
+        m.timeouts.inc();
+        let text = m.render(0, 0);
+        assert!(
+            text.contains("imago_engine_batch_requests_bucket{le=\"2\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("imago_engine_batch_requests_bucket{le=\"3\"} 1"));
+        assert!(text.contains("imago_timeouts_total 1"));
+        assert!(text.contains("imago_refused_too_large_total 0"));
     }
 }

@@ -1,4 +1,5 @@
 //! `imago serve`: load the models, bind, serve until Ctrl-C/SIGTERM, then drain.
+use std::future::IntoFuture;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -22,6 +23,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         load_options: LoadOptions {
             low_memory: config.low_memory,
         },
+        scheduling: config.scheduling.clone(),
     };
     let metrics = Arc::new(Metrics::default());
     let (engine, caps) =
@@ -60,10 +62,33 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     // Tests and scripts read this line to find the port when --port 0 is used.
     println!("listening on http://{addr}");
     tracing::info!(%addr, models = ?config.models.iter().map(|m| &m.id).collect::<Vec<_>>(), "imago serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
-    tracing::info!("shutting down: finishing the running job");
+    // On the signal axum stops accepting and waits for the open requests; the engine keeps
+    // running them. Past the grace period the engine cancels what still runs, so those requests
+    // end (with an error) and the drain completes.
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        tracing::info!("shutdown signal: no new connections; finishing accepted requests");
+        let _ = signalled_tx.send(());
+    });
+    let grace = config.shutdown_grace;
+    let grace_over = async move {
+        if signalled_rx.await.is_ok() {
+            tokio::time::sleep(grace).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    let mut serve = std::pin::pin!(serve.into_future());
+    tokio::select! {
+        served = &mut serve => served?,
+        () = grace_over => {
+            tracing::warn!(grace_s = grace.as_secs(), "shutdown grace period over: cancelling running jobs");
+            engine.abort();
+            serve.await?;
+        }
+    }
+    tracing::info!("shutting down: waiting for the engine thread");
     engine.shutdown().await;
     Ok(())
 }

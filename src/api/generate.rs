@@ -100,6 +100,7 @@ pub fn engine_error(err: EngineError) -> ApiError {
         EngineError::Stopped => {
             ApiError::BadGateway("the engine stopped before the generation completed".into())
         }
+        err @ EngineError::TimedOut { .. } => ApiError::Timeout(err.to_string()),
         other => ApiError::Internal(other.to_string()),
     }
 }

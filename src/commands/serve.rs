@@ -57,6 +57,12 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
         public_metrics: args.public_metrics,
         low_memory: args.low_memory,
         playground: !args.no_playground,
+        scheduling: crate::engine::Scheduling {
+            max_batch: args.max_batch as usize,
+            request_timeout: std::time::Duration::from_secs(args.request_timeout),
+            max_pixels: args.max_pixels,
+        },
+        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
         preview_decoders: args
             .preview_decoders
             .iter()

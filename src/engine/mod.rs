@@ -1,12 +1,16 @@
 //! The local provider's async face: one OS thread per device owns the loaded models and runs
 //! one job at a time; async code reaches it through a bounded queue of messages, each carrying a
 //! tracing span and a channel for the job's events. No forward pass ever runs on a tokio worker.
+//! Admission is counted here (`max_queue` waiting jobs, then 429); the thread batches compatible
+//! waiting jobs (`max_batch`) and enforces each job's deadline (`request_timeout`).
 mod caps;
+mod memory;
 mod worker;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use image::RgbImage;
 use imago_models::device::{DTypeChoice, DeviceChoice};
@@ -18,6 +22,7 @@ use crate::domain::request::PreviewMode;
 use crate::metrics::Metrics;
 
 pub use caps::caps_for;
+pub use memory::{bytes_per_pixel, pixel_limit, MEMORY_SHARE};
 
 /// How the engine is set up.
 #[derive(Clone, Debug)]
@@ -30,6 +35,30 @@ pub struct EngineConfig {
     pub preview_decoders: Vec<PreviewDecoderToLoad>,
     /// How models are kept in memory (`--low-memory`).
     pub load_options: imago_models::pipeline::LoadOptions,
+    /// Batching, deadlines and size limits.
+    pub scheduling: Scheduling,
+}
+
+/// How the engine thread takes jobs.
+#[derive(Clone, Debug)]
+pub struct Scheduling {
+    /// Compatible waiting requests run together, up to this many (`--max-batch`; 1: no batching).
+    pub max_batch: usize,
+    /// A job waiting plus running longer than this is stopped and answered 504 (`--request-timeout`).
+    pub request_timeout: Duration,
+    /// Most pixels (n x width x height) one request may ask for (`--max-pixels`); `None`: the
+    /// memory estimate of [`pixel_limit`] for the device.
+    pub max_pixels: Option<u64>,
+}
+
+impl Default for Scheduling {
+    fn default() -> Self {
+        Self {
+            max_batch: 4,
+            request_timeout: Duration::from_secs(600),
+            max_pixels: None,
+        }
+    }
 }
 
 /// `--preview-decoder [MODEL_ID=]SOURCE`: a TAESD-family folder (or HF repo id in the cache) for
@@ -66,6 +95,20 @@ pub enum EngineError {
     Failed(String),
     #[error("the job was cancelled")]
     Cancelled,
+    #[error(
+        "the generation took longer than the request timeout of {limit_s} s (--request-timeout)"
+    )]
+    TimedOut { limit_s: u64 },
+    #[error(
+        "n x width x height = {pixels} pixels is more than the {limit} pixels this server can generate \
+         at once for model {model} ({why})"
+    )]
+    TooLarge {
+        model: String,
+        pixels: u64,
+        limit: u64,
+        why: String,
+    },
     #[error("the engine has stopped")]
     Stopped,
 }
@@ -132,18 +175,51 @@ pub(crate) struct Job {
     pub span: tracing::Span,
     pub events: mpsc::Sender<JobEvent>,
     pub cancel: Arc<AtomicBool>,
-    pub submitted: std::time::Instant,
+    pub submitted: Instant,
+    /// Past this instant the job is stopped and answered `TimedOut`.
+    pub deadline: Instant,
+}
+
+/// What the async side and the engine thread share.
+pub(crate) struct EngineState {
+    /// Jobs submitted and not yet started (in the channel or held back by the batcher).
+    pub waiting: AtomicUsize,
+    /// Jobs running now (a batch counts each of its jobs).
+    pub running: AtomicUsize,
+    /// Recent engine time per job in ms (moving average), for Retry-After.
+    pub recent_job_ms: AtomicU64,
+    /// Set past the shutdown grace period: running jobs stop, waiting ones are answered `Stopped`.
+    pub abort: AtomicBool,
+    pub metrics: Arc<Metrics>,
+}
+
+impl EngineState {
+    /// Folds one job's engine time into the moving average (weight 1/4 for the newest).
+    pub fn record_job_time(&self, per_job: Duration) {
+        let ms = per_job.as_millis().min(u64::MAX as u128) as u64;
+        let _ = self
+            .recent_job_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                Some(if old == 0 {
+                    ms.max(1)
+                } else {
+                    (old * 3 + ms) / 4
+                })
+            });
+    }
 }
 
 /// Handle to the engine thread; cheap to clone.
 #[derive(Clone)]
 pub struct Engine {
     /// Shared by every clone; `shutdown` takes it out, which closes the queue for all of them.
-    jobs: Arc<Mutex<Option<mpsc::Sender<Job>>>>,
-    waiting: Arc<AtomicUsize>,
-    running: Arc<AtomicUsize>,
+    jobs: Arc<Mutex<Option<mpsc::UnboundedSender<Job>>>>,
+    state: Arc<EngineState>,
     metrics: Arc<Metrics>,
     max_queue: usize,
+    request_timeout: Duration,
+    /// Per model: the most pixels one request may ask for, and why.
+    pixel_limits: Arc<HashMap<String, (u64, String)>>,
     worker: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
 }
 
@@ -158,29 +234,36 @@ impl Engine {
         models: Vec<ModelToLoad>,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Vec<ModelCaps>), EngineError> {
-        // The channel holds the waiting jobs; the running one has already been taken out.
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Job>(config.max_queue.max(1));
+        // Unbounded: admission is bounded by `state.waiting` in `submit`, not by the channel.
+        let (jobs_tx, jobs_rx) = mpsc::unbounded_channel::<Job>();
         let (ready_tx, ready_rx) = oneshot::channel();
-        let waiting = Arc::new(AtomicUsize::new(0));
-        let running = Arc::new(AtomicUsize::new(0));
-        let shared = worker::Shared {
-            waiting: waiting.clone(),
-            running: running.clone(),
+        let state = Arc::new(EngineState {
+            waiting: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
+            recent_job_ms: AtomicU64::new(0),
+            abort: AtomicBool::new(false),
             metrics: metrics.clone(),
-        };
+        });
         let worker_config = config.clone();
+        let worker_state = state.clone();
         let handle = std::thread::Builder::new()
             .name("imago-engine".into())
-            .spawn(move || worker::run(worker_config, models, jobs_rx, shared, ready_tx))
+            .spawn(move || worker::run(worker_config, models, jobs_rx, worker_state, ready_tx))
             .map_err(|e| EngineError::Failed(format!("cannot start the engine thread: {e}")))?;
-        let caps = ready_rx.await.map_err(|_| EngineError::Stopped)??;
+        let loaded = ready_rx.await.map_err(|_| EngineError::Stopped)??;
+        let caps = loaded.iter().map(|m| m.caps.clone()).collect();
+        let pixel_limits = loaded
+            .into_iter()
+            .filter_map(|m| m.pixel_limit.map(|limit| (m.caps.id, limit)))
+            .collect();
         Ok((
             Self {
                 jobs: Arc::new(Mutex::new(Some(jobs_tx))),
-                waiting,
-                running,
+                state,
                 metrics,
                 max_queue: config.max_queue.max(1),
+                request_timeout: config.scheduling.request_timeout,
+                pixel_limits: Arc::new(pixel_limits),
                 worker: Arc::new(Mutex::new(Some(handle))),
             },
             caps,
@@ -196,8 +279,23 @@ impl Engine {
         partial_images: usize,
         preview: PreviewMode,
     ) -> Result<JobHandle, EngineError> {
+        // Refused before queueing: a request that cannot fit should not wait minutes to fail.
+        if let Some((limit, why)) = self.pixel_limits.get(model) {
+            let pixels = (request.batch_size as u64)
+                .saturating_mul(request.width as u64)
+                .saturating_mul(request.height as u64);
+            if pixels > *limit {
+                return Err(EngineError::TooLarge {
+                    model: model.to_string(),
+                    pixels,
+                    limit: *limit,
+                    why: why.clone(),
+                });
+            }
+        }
         let (events_tx, events_rx) = mpsc::channel(EVENT_CAPACITY);
         let cancel = Arc::new(AtomicBool::new(false));
+        let submitted = Instant::now();
         let job = Job {
             model: model.to_string(),
             request,
@@ -206,32 +304,58 @@ impl Engine {
             span: tracing::Span::current(),
             events: events_tx,
             cancel: cancel.clone(),
-            submitted: std::time::Instant::now(),
+            submitted,
+            deadline: submitted + self.request_timeout,
         };
         let Some(sender) = self.jobs.lock().ok().and_then(|jobs| jobs.clone()) else {
             return Err(EngineError::Stopped);
         };
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        match sender.try_send(job) {
+        // Take a place in the queue, or refuse when `max_queue` are taken.
+        let admitted = self
+            .state
+            .waiting
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                (w < self.max_queue).then_some(w + 1)
+            });
+        if let Err(depth) = admitted {
+            return Err(EngineError::QueueFull { depth });
+        }
+        match sender.send(job) {
             Ok(()) => Ok(JobHandle {
                 events: events_rx,
                 cancel,
             }),
-            Err(err) => {
-                self.waiting.fetch_sub(1, Ordering::SeqCst);
-                match err {
-                    mpsc::error::TrySendError::Full(_) => Err(EngineError::QueueFull {
-                        depth: self.queue_depth(),
-                    }),
-                    mpsc::error::TrySendError::Closed(_) => Err(EngineError::Stopped),
-                }
+            Err(_) => {
+                self.state.waiting.fetch_sub(1, Ordering::SeqCst);
+                Err(EngineError::Stopped)
             }
         }
     }
 
+    /// Seconds a refused client should wait: the jobs ahead (the waiting ones and one running)
+    /// times the recent engine time per job; 1 s before any job has run.
+    pub fn retry_after_s(&self) -> u64 {
+        let ahead = self.queue_depth() as u64 + 1;
+        let per_job_ms = self.state.recent_job_ms.load(Ordering::Relaxed).max(1);
+        (ahead * per_job_ms).div_ceil(1000).clamp(1, 3600)
+    }
+
+    /// Recent engine time per job (moving average); `None` before the first job.
+    pub fn recent_job_time(&self) -> Option<Duration> {
+        match self.state.recent_job_ms.load(Ordering::Relaxed) {
+            0 => None,
+            ms => Some(Duration::from_millis(ms)),
+        }
+    }
+
+    /// The most pixels (n x width x height) one request for `model` may ask for.
+    pub fn pixel_limit(&self, model: &str) -> Option<u64> {
+        self.pixel_limits.get(model).map(|(limit, _)| *limit)
+    }
+
     /// Jobs submitted and not yet started.
     pub fn queue_depth(&self) -> usize {
-        self.waiting.load(Ordering::SeqCst)
+        self.state.waiting.load(Ordering::SeqCst)
     }
 
     /// The metrics the engine records into.
@@ -241,7 +365,7 @@ impl Engine {
 
     /// Jobs running now (0 or 1 per device).
     pub fn in_flight(&self) -> usize {
-        self.running.load(Ordering::SeqCst)
+        self.state.running.load(Ordering::SeqCst)
     }
 
     pub fn max_queue(&self) -> usize {
@@ -255,12 +379,24 @@ impl Engine {
     /// Stops accepting jobs (for every clone of this handle), lets the thread finish the running
     /// and the queued jobs, and joins it.
     pub async fn shutdown(self) {
-        if let Ok(mut jobs) = self.jobs.lock() {
-            jobs.take();
-        }
+        self.close();
         let worker = self.worker.lock().ok().and_then(|mut w| w.take());
         if let Some(handle) = worker {
             let _ = tokio::task::spawn_blocking(move || handle.join()).await;
         }
+    }
+
+    /// Stops accepting jobs; what is queued or running goes on.
+    pub fn close(&self) {
+        if let Ok(mut jobs) = self.jobs.lock() {
+            jobs.take();
+        }
+    }
+
+    /// Past the shutdown grace period: running jobs stop at their next step and waiting ones are
+    /// answered `Stopped`.
+    pub fn abort(&self) {
+        self.close();
+        self.state.abort.store(true, Ordering::SeqCst);
     }
 }

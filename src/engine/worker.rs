@@ -1,36 +1,39 @@
-//! The engine thread: loads the models, then runs jobs one at a time until the queue closes.
-use std::collections::HashMap;
+//! The engine thread: loads the models, then runs jobs until the queue closes, taking compatible
+//! waiting jobs together (up to `max_batch`) as one engine batch.
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use imago_models::pipeline::{LoadedModel, StepObserver, StepProgress};
+use imago_models::pipeline::{batch_key, Generation, LoadedModel, StepObserver, StepProgress};
 use imago_models::taesd::TinyAutoencoder;
 use imago_models::ModelError;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{caps_for, EngineConfig, EngineError, Job, JobEvent, JobOutput, ModelToLoad};
+use super::{
+    caps_for, pixel_limit, EngineConfig, EngineError, EngineState, Job, JobEvent, JobOutput,
+    ModelToLoad,
+};
 use crate::domain::caps::ModelCaps;
 use crate::domain::request::PreviewMode;
 use crate::metrics::Metrics;
 
-/// Counters the worker shares with the async side.
-pub(super) struct Shared {
-    pub waiting: Arc<AtomicUsize>,
-    pub running: Arc<AtomicUsize>,
-    pub metrics: Arc<Metrics>,
+/// A model as the engine reports it once loaded.
+pub(super) struct Ready {
+    pub caps: ModelCaps,
+    pub pixel_limit: Option<(u64, String)>,
 }
 
 pub(super) fn run(
     config: EngineConfig,
     models: Vec<ModelToLoad>,
-    mut jobs: mpsc::Receiver<Job>,
-    shared: Shared,
-    ready: oneshot::Sender<Result<Vec<ModelCaps>, EngineError>>,
+    jobs: mpsc::UnboundedReceiver<Job>,
+    state: Arc<EngineState>,
+    ready: oneshot::Sender<Result<Vec<Ready>, EngineError>>,
 ) {
-    let metrics = &shared.metrics;
     let loaded = match load_all(&config, &models) {
         Ok(loaded) => loaded,
         Err(err) => {
@@ -38,34 +41,191 @@ pub(super) fn run(
             return;
         }
     };
-    let caps = models
+    let max_pixels = config.scheduling.max_pixels;
+    let report = models
         .iter()
         .filter_map(|m| {
-            loaded
-                .get(&m.id)
-                .map(|served| caps_for(&m.id, &served.model, served.tiny.is_some()))
+            loaded.get(&m.id).map(|served| Ready {
+                caps: caps_for(&m.id, &served.model, served.tiny.is_some()),
+                pixel_limit: pixel_limit(&served.model, max_pixels),
+            })
         })
         .collect();
-    if ready.send(Ok(caps)).is_err() {
+    if ready.send(Ok(report)).is_err() {
         return;
     }
-    while let Some(job) = jobs.blocking_recv() {
-        shared.waiting.fetch_sub(1, Ordering::SeqCst);
+    let max_batch = config.scheduling.max_batch.max(1);
+    let limit_s = config.scheduling.request_timeout.as_secs();
+    let queue = RefCell::new(Waiting {
+        held: VecDeque::new(),
+        jobs,
+    });
+    loop {
+        let next = {
+            let mut waiting = queue.borrow_mut();
+            match waiting.held.pop_front() {
+                Some(job) => Some(job),
+                None => waiting.jobs.blocking_recv(),
+            }
+        };
+        let Some(first) = next else {
+            break;
+        };
+        let batch = {
+            let mut waiting = queue.borrow_mut();
+            waiting.drain_channel();
+            take_batch(first, &mut waiting.held, &loaded, max_batch)
+        };
+        state.waiting.fetch_sub(batch.len(), Ordering::SeqCst);
+        let runnable = triage(batch, &state, limit_s);
+        if runnable.is_empty() {
+            continue;
+        }
+        // Between steps of this batch, waiting jobs whose client left or whose deadline passed
+        // are answered at once instead of when their turn comes.
+        let sweep = || queue.borrow_mut().sweep(&state, limit_s);
+        run_batch(&loaded, runnable, &state, limit_s, &sweep);
+    }
+    tracing::info!("engine queue closed; engine thread exits");
+}
+
+/// The jobs not yet started: the channel, and those taken from it but held back (not batchable
+/// with the batch that ran).
+struct Waiting {
+    held: VecDeque<Job>,
+    jobs: mpsc::UnboundedReceiver<Job>,
+}
+
+impl Waiting {
+    fn drain_channel(&mut self) {
+        while let Ok(job) = self.jobs.try_recv() {
+            self.held.push_back(job);
+        }
+    }
+
+    /// Answers (and forgets) the waiting jobs whose client left or whose deadline passed, so
+    /// their queue places free up while a long batch runs.
+    fn sweep(&mut self, state: &EngineState, limit_s: u64) {
+        self.drain_channel();
+        let now = Instant::now();
+        let before = self.held.len();
+        self.held.retain(|job| {
+            if job.cancel.load(Ordering::SeqCst) {
+                state.metrics.cancelled.inc();
+                return false;
+            }
+            if now >= job.deadline {
+                let _entered = job.span.clone().entered();
+                state.metrics.timeouts.inc();
+                tracing::warn!(limit_s, "request timed out while queued");
+                let _ = job
+                    .events
+                    .try_send(JobEvent::Finished(Err(EngineError::TimedOut { limit_s })));
+                return false;
+            }
+            true
+        });
+        state
+            .waiting
+            .fetch_sub(before - self.held.len(), Ordering::SeqCst);
+    }
+}
+
+/// `first` and the held jobs that may run with it (same model and batch key), oldest first, up
+/// to `max_batch`; the others stay held in order.
+fn take_batch(
+    first: Job,
+    held: &mut VecDeque<Job>,
+    loaded: &HashMap<String, Served>,
+    max_batch: usize,
+) -> Vec<Job> {
+    let key = loaded
+        .get(&first.model)
+        .and_then(|served| batch_key(&served.model, &first.request));
+    let mut batch = vec![first];
+    let Some(key) = key else {
+        return batch;
+    };
+    let mut rest = VecDeque::with_capacity(held.len());
+    while let Some(job) = held.pop_front() {
+        let joins = batch.len() < max_batch
+            && job.model == batch[0].model
+            && loaded
+                .get(&job.model)
+                .and_then(|served| batch_key(&served.model, &job.request))
+                .as_ref()
+                == Some(&key);
+        if joins {
+            batch.push(job);
+        } else {
+            rest.push_back(job);
+        }
+    }
+    *held = rest;
+    batch
+}
+
+/// Answers the jobs that must not run (client gone, deadline passed, shutting down) and returns
+/// the others.
+fn triage(batch: Vec<Job>, state: &EngineState, limit_s: u64) -> Vec<Job> {
+    let metrics = &state.metrics;
+    let now = Instant::now();
+    let mut runnable = Vec::with_capacity(batch.len());
+    for job in batch {
         let _entered = job.span.clone().entered();
         if job.cancel.load(Ordering::SeqCst) {
             metrics.cancelled.inc();
             tracing::info!("client left before its job started; dropped");
-            continue;
+        } else if state.abort.load(Ordering::SeqCst) {
+            tracing::info!("shutdown grace period over; queued job not run");
+            let _ = job
+                .events
+                .blocking_send(JobEvent::Finished(Err(EngineError::Stopped)));
+        } else if now >= job.deadline {
+            metrics.timeouts.inc();
+            tracing::warn!(limit_s, "request timed out while queued");
+            let _ = job
+                .events
+                .blocking_send(JobEvent::Finished(Err(EngineError::TimedOut { limit_s })));
+        } else {
+            metrics.queue_wait.observe_duration(job.submitted.elapsed());
+            metrics.batch_size.observe(job.request.batch_size as f64);
+            runnable.push(job);
         }
-        let queue_time = job.submitted.elapsed();
-        metrics.queue_wait.observe_duration(queue_time);
-        metrics.batch_size.observe(job.request.batch_size as f64);
-        shared.running.fetch_add(1, Ordering::SeqCst);
-        let result = match loaded.get(&job.model) {
-            None => Err(EngineError::UnknownModel(job.model.clone())),
-            Some(served) => run_job(served, &job, queue_time, metrics),
-        };
-        shared.running.fetch_sub(1, Ordering::SeqCst);
+    }
+    runnable
+}
+
+/// Runs `batch` (jobs for one model) as one engine batch and answers each job.
+fn run_batch(
+    loaded: &HashMap<String, Served>,
+    batch: Vec<Job>,
+    state: &EngineState,
+    limit_s: u64,
+    between_steps: &dyn Fn(),
+) {
+    let metrics = &state.metrics;
+    let started = Instant::now();
+    metrics.engine_batch_requests.observe(batch.len() as f64);
+    state.running.fetch_add(batch.len(), Ordering::SeqCst);
+    let results: Vec<Result<JobOutput, EngineError>> = match loaded.get(&batch[0].model) {
+        None => batch
+            .iter()
+            .map(|job| Err(EngineError::UnknownModel(job.model.clone())))
+            .collect(),
+        Some(served) => generate(served, &batch, state, started, limit_s, between_steps),
+    };
+    state.running.fetch_sub(batch.len(), Ordering::SeqCst);
+    state.record_job_time(started.elapsed() / batch.len() as u32);
+    if batch.len() > 1 {
+        tracing::info!(
+            jobs = batch.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "batch finished"
+        );
+    }
+    for (job, result) in batch.iter().zip(results) {
+        let _entered = job.span.clone().entered();
         match &result {
             Ok(output) => {
                 metrics.images_generated.add(output.images.len() as u64);
@@ -75,6 +235,14 @@ pub(super) fn run(
                 metrics.cancelled.inc();
                 tracing::info!("job cancelled by its client");
             }
+            Err(EngineError::TimedOut { .. }) => {
+                metrics.timeouts.inc();
+                tracing::warn!(limit_s, "request timed out while running");
+            }
+            Err(EngineError::Stopped) => {
+                metrics.cancelled.inc();
+                tracing::info!("job stopped: shutdown grace period over");
+            }
             Err(other) => {
                 metrics.engine_failures.inc();
                 tracing::error!(error = %other, "generation failed");
@@ -83,7 +251,6 @@ pub(super) fn run(
         // `Finished` must arrive even when previews filled the channel.
         let _ = job.events.blocking_send(JobEvent::Finished(result));
     }
-    tracing::info!("engine queue closed; engine thread exits");
 }
 
 /// A loaded model and the tiny autoencoder that previews it, if one was configured.
@@ -203,30 +370,87 @@ impl PreviewRenderer<'_> {
     }
 }
 
-fn run_job(
+/// Runs the jobs through the model, one observer each, and turns the model's results into answers.
+fn generate(
     served: &Served,
-    job: &Job,
-    queue_time: std::time::Duration,
-    metrics: &Metrics,
-) -> Result<JobOutput, EngineError> {
+    batch: &[Job],
+    state: &EngineState,
+    started: Instant,
+    limit_s: u64,
+    between_steps: &dyn Fn(),
+) -> Vec<Result<JobOutput, EngineError>> {
     let model = &served.model;
-    let started = Instant::now();
-    let mut observer = JobObserver {
-        cancel: &job.cancel,
-        events: &job.events,
-        renderer: PreviewRenderer::choose(served, job.preview),
-        partial_images: job.partial_images,
-        sent: 0,
-        metrics,
-        started,
-        last_step: started,
-    };
-    // A panic inside candle must fail this job, not the thread that serves everyone.
+    let mut observers: Vec<JobObserver<'_>> = batch
+        .iter()
+        .enumerate()
+        .map(|(i, job)| JobObserver {
+            cancel: &job.cancel,
+            abort: &state.abort,
+            deadline: job.deadline,
+            limit_s,
+            stop: None,
+            events: &job.events,
+            renderer: PreviewRenderer::choose(served, job.preview),
+            partial_images: job.partial_images,
+            sent: 0,
+            metrics: &state.metrics,
+            // One step of a batch is one step: timed once.
+            times_steps: i == 0,
+            between_steps,
+            started,
+            last_step: started,
+        })
+        .collect();
+    let requests: Vec<_> = batch.iter().map(|job| job.request.clone()).collect();
+    // A panic inside candle must fail these jobs, not the thread that serves everyone.
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        model.generate(&job.request, &mut observer)
+        let mut dyns: Vec<&mut dyn StepObserver> = observers
+            .iter_mut()
+            .map(|o| o as &mut dyn StepObserver)
+            .collect();
+        model.generate_batch(&requests, &mut dyns)
     }));
     match outcome {
-        Ok(Ok(generation)) => Ok(JobOutput {
+        Ok(results) => results
+            .into_iter()
+            .zip(batch)
+            .zip(&observers)
+            .map(|((result, job), observer)| answer(result, job.submitted, started, observer.stop))
+            .collect(),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            batch
+                .iter()
+                .map(|_| {
+                    Err(EngineError::Failed(format!(
+                        "panic in the engine: {message}"
+                    )))
+                })
+                .collect()
+        }
+    }
+}
+
+/// Why an observer stopped its job.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    Client,
+    Deadline { limit_s: u64 },
+    Shutdown,
+}
+
+fn answer(
+    result: imago_models::Result<Generation>,
+    submitted: Instant,
+    started: Instant,
+    stop: Option<Stop>,
+) -> Result<JobOutput, EngineError> {
+    match result {
+        Ok(generation) => Ok(JobOutput {
             images: generation.images,
             seed: generation.seed,
             width: generation.width,
@@ -235,31 +459,36 @@ fn run_job(
             prompt_truncated: generation.prompt_truncated,
             prompt_tokens: generation.prompt_tokens,
             timings: generation.timings,
-            queue_time,
+            queue_time: started.saturating_duration_since(submitted),
         }),
-        Ok(Err(ModelError::Cancelled)) => Err(EngineError::Cancelled),
-        Ok(Err(err @ ModelError::InvalidInput { .. })) => Err(EngineError::Invalid(err)),
-        Ok(Err(err)) => Err(EngineError::Failed(err.to_string())),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(EngineError::Failed(format!(
-                "panic in the engine: {message}"
-            )))
-        }
+        Err(ModelError::Cancelled) => Err(match stop {
+            Some(Stop::Deadline { limit_s }) => EngineError::TimedOut { limit_s },
+            Some(Stop::Shutdown) => EngineError::Stopped,
+            _ => EngineError::Cancelled,
+        }),
+        Err(err @ ModelError::InvalidInput { .. }) => Err(EngineError::Invalid(err)),
+        Err(err) => Err(EngineError::Failed(err.to_string())),
     }
 }
 
 struct JobObserver<'a> {
     cancel: &'a AtomicBool,
+    /// The engine's shutdown abort flag.
+    abort: &'a AtomicBool,
+    deadline: Instant,
+    /// The request timeout, for the answer.
+    limit_s: u64,
+    /// Set when this observer stopped the job, and why.
+    stop: Option<Stop>,
     events: &'a mpsc::Sender<JobEvent>,
     renderer: PreviewRenderer<'a>,
     partial_images: usize,
     sent: u32,
     metrics: &'a Metrics,
+    /// Whether this observer records step times (the first of a batch does).
+    times_steps: bool,
+    /// Answers waiting jobs that expired or were left (cheap; called after every step).
+    between_steps: &'a dyn Fn(),
     /// When the job left the queue.
     started: Instant,
     /// When the previous step ended (or the noise was drawn).
@@ -284,9 +513,12 @@ impl StepObserver for JobObserver<'_> {
 
     fn on_step(&mut self, progress: &StepProgress<'_>) -> ControlFlow<()> {
         let now = Instant::now();
-        self.metrics
-            .step_time
-            .observe_duration(now - self.last_step);
+        if self.times_steps {
+            self.metrics
+                .step_time
+                .observe_duration(now - self.last_step);
+        }
+        (self.between_steps)();
         self.last_step = now;
         if self.partial_images > 0
             && preview_steps(progress.total, self.partial_images).contains(&progress.step)
@@ -317,7 +549,18 @@ impl StepObserver for JobObserver<'_> {
                 Err(err) => tracing::warn!(error = %err, "preview failed"),
             }
         }
-        if self.cancel.load(Ordering::SeqCst) {
+        self.stop = if self.cancel.load(Ordering::SeqCst) {
+            Some(Stop::Client)
+        } else if self.abort.load(Ordering::SeqCst) {
+            Some(Stop::Shutdown)
+        } else if now >= self.deadline {
+            Some(Stop::Deadline {
+                limit_s: self.limit_s,
+            })
+        } else {
+            None
+        };
+        if self.stop.is_some() {
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())

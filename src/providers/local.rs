@@ -56,9 +56,13 @@ impl LocalProvider {
             .map_err(|err| match err {
                 EngineError::QueueFull { depth } => ApiError::QueueFull {
                     depth,
-                    // One job ahead of each waiting one; a coarse but honest hint.
-                    retry_after_s: (depth as u64 + 1).clamp(1, 60),
+                    // The jobs ahead times the measured recent time per job.
+                    retry_after_s: self.engine.retry_after_s(),
                 },
+                err @ EngineError::TooLarge { .. } => {
+                    self.engine.metrics().refused_too_large.inc();
+                    ApiError::field("n", err.to_string())
+                }
                 EngineError::Stopped => ApiError::NotReady("the engine has stopped".into()),
                 other => ApiError::Internal(other.to_string()),
             })

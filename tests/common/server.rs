@@ -54,7 +54,16 @@ pub async fn start_engine_with_decoders(
         max_queue,
         preview_decoders,
         load_options: Default::default(),
+        scheduling: Default::default(),
     };
+    start_engine_with_config(config, models).await
+}
+
+/// Starts an engine thread with a full `config` (batching, timeouts, limits).
+pub async fn start_engine_with_config(
+    config: EngineConfig,
+    models: Vec<ModelToLoad>,
+) -> (Engine, Vec<ModelCaps>) {
     server_runtime()
         .spawn(Engine::start(config, models, Default::default()))
         .await

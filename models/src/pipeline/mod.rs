@@ -1,5 +1,6 @@
 //! Pipelines: from a model source to images. `DiffusionPipeline` is the one entry point the
 //! server and the CLI use; each family has its own module.
+mod batch;
 mod components;
 mod flux;
 mod flux_loading;
@@ -15,6 +16,7 @@ use std::time::Duration;
 use candle_core::{DType, Device, Tensor};
 use image::RgbImage;
 
+pub use batch::{batch_key, BatchKey};
 pub use components::ComponentStore;
 pub use flux::{FluxPipeline, FluxPromptEmbeddings, LoadOptions};
 pub use observer::{NoObserver, StepObserver, StepProgress};

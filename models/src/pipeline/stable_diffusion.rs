@@ -313,11 +313,8 @@ impl StableDiffusionPipeline {
         }))
     }
 
-    pub fn generate(
-        &self,
-        request: &GenerationRequest,
-        observer: &mut dyn StepObserver,
-    ) -> Result<Generation> {
+    /// The request checks every run makes before any work.
+    pub(super) fn check_request(&self, request: &GenerationRequest) -> Result<()> {
         request.validate(self.vae_scale_factor)?;
         request.validate_sd_img2img_steps()?;
         if let Some(len) = request.max_sequence_length {
@@ -329,34 +326,79 @@ impl StableDiffusionPipeline {
                 ),
             ));
         }
-        let started = Instant::now();
-        let n = request.batch_size;
-        let cfg = request.uses_cfg();
+        Ok(())
+    }
+
+    /// The request's scheduler: the one it names, else the model's (or the fallback).
+    pub(super) fn scheduler_for(&self, request: &GenerationRequest) -> Result<Scheduler> {
         let choice = match request.scheduler {
             Some(choice) => Some(choice),
             // The model's own scheduler class is not implemented: use the fallback.
             None if self.scheduler_config.kind().is_err() => Some(FALLBACK_SCHEDULER.parse()?),
             None => None,
         };
-        let mut scheduler = Scheduler::new(&self.scheduler_config, choice, request.steps)?;
-        let timesteps = scheduler.timesteps().to_vec();
+        Scheduler::new(&self.scheduler_config, choice, request.steps)
+    }
 
-        let prompt =
-            self.encode_prompt(&request.prompt, request.negative_prompt.as_deref(), n, cfg)?;
+    /// The request's prompt conditioning, SDXL's added conditions, and its CLIP token count.
+    pub(super) fn conditioning(
+        &self,
+        request: &GenerationRequest,
+    ) -> Result<(PromptEmbeddings, Option<AddedConditions>, usize)> {
+        let prompt = self.encode_prompt(
+            &request.prompt,
+            request.negative_prompt.as_deref(),
+            request.batch_size,
+            request.uses_cfg(),
+        )?;
         let tokenizer = &self.text.tokenizer;
         let prompt_tokens =
             (tokenizer.token_ids(&request.prompt).len() + 2).min(tokenizer.model_max_length());
         let added = self.added_conditions(&prompt, request.width, request.height)?;
+        Ok((prompt, added, prompt_tokens))
+    }
+
+    /// Latents of `n` images at this size, as the UNet takes them.
+    pub(super) fn latent_shape(&self, n: usize, width: usize, height: usize) -> [usize; 4] {
+        [
+            n,
+            self.unet_config.in_channels,
+            height / self.vae_scale_factor,
+            width / self.vae_scale_factor,
+        ]
+    }
+
+    /// One UNet evaluation in the model's dtype; the noise prediction in f32.
+    pub(super) fn predict_noise(
+        &self,
+        model_input: &Tensor,
+        timestep: f64,
+        embeds: &Tensor,
+        added: Option<&AddedConditions>,
+    ) -> Result<Tensor> {
+        Ok(self
+            .unet
+            .forward(&model_input.to_dtype(self.dtype)?, timestep, embeds, added)?
+            .to_dtype(DType::F32)?)
+    }
+
+    pub fn generate(
+        &self,
+        request: &GenerationRequest,
+        observer: &mut dyn StepObserver,
+    ) -> Result<Generation> {
+        self.check_request(request)?;
+        let started = Instant::now();
+        let n = request.batch_size;
+        let cfg = request.uses_cfg();
+        let mut scheduler = self.scheduler_for(request)?;
+        let timesteps = scheduler.timesteps().to_vec();
+        let (prompt, added, prompt_tokens) = self.conditioning(request)?;
         let text_encode = started.elapsed();
 
         let denoise_started = Instant::now();
         let mut rng = TorchGenerator::new(request.seed);
-        let latent_shape = [
-            n,
-            self.unet_config.in_channels,
-            request.height / self.vae_scale_factor,
-            request.width / self.vae_scale_factor,
-        ];
+        let latent_shape = self.latent_shape(n, request.width, request.height);
         let (first_step, mut latents) = match &request.init_image {
             None => {
                 let noise = rng.randn_tensor(&latent_shape, &self.device, DType::F32)?;
@@ -396,20 +438,10 @@ impl StableDiffusionPipeline {
             } else {
                 latents.clone()
             };
-            let model_input = scheduler
-                .scale_model_input(&model_input, index)?
-                .to_dtype(self.dtype)?;
-            let noise_pred = self
-                .unet
-                .forward(&model_input, timestep, &prompt.embeds, added.as_ref())?
-                .to_dtype(DType::F32)?;
-            let noise_pred = if cfg {
-                let uncond = noise_pred.narrow(0, 0, n)?;
-                let text = noise_pred.narrow(0, n, n)?;
-                (&uncond + ((&text - &uncond)? * request.guidance_scale)?)?
-            } else {
-                noise_pred
-            };
+            let model_input = scheduler.scale_model_input(&model_input, index)?;
+            let noise_pred =
+                self.predict_noise(&model_input, timestep, &prompt.embeds, added.as_ref())?;
+            let noise_pred = apply_guidance(noise_pred, n, cfg, request.guidance_scale)?;
             let out = scheduler.step(&noise_pred, index, &latents, &mut rng)?;
             latents = out.prev_sample;
             let progress = StepProgress {
@@ -450,4 +482,19 @@ impl StableDiffusionPipeline {
     pub fn decode_latents(&self, latents: &Tensor) -> Result<Tensor> {
         decode_with_vae(&self.vae, self.vae_dtype, &self.device, latents)
     }
+}
+
+/// Classifier-free guidance on a UNet output of `[uncond x n, text x n]` rows (`n` rows without CFG).
+pub(super) fn apply_guidance(
+    noise_pred: Tensor,
+    n: usize,
+    cfg: bool,
+    scale: f64,
+) -> Result<Tensor> {
+    if !cfg {
+        return Ok(noise_pred);
+    }
+    let uncond = noise_pred.narrow(0, 0, n)?;
+    let text = noise_pred.narrow(0, n, n)?;
+    Ok((&uncond + ((&text - &uncond)? * scale)?)?)
 }
