@@ -5,6 +5,7 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
 use crate::api::auth::Auth;
+use crate::api::shutdown::Shutdown;
 use crate::api::{build_app, AppInner, AppState};
 use crate::config::ServerConfig;
 use crate::engine::{Engine, EngineConfig};
@@ -42,6 +43,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             config.addr
         );
     }
+    let shutdown = Shutdown::default();
     let state = AppState::new(AppInner {
         registry,
         metrics,
@@ -50,6 +52,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         limits: config.limits.clone(),
         engine: engine.clone(),
         playground: config.playground,
+        shutdown: shutdown.clone(),
     });
     let app = build_app(state);
 
@@ -60,9 +63,14 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     // Tests and scripts read this line to find the port when --port 0 is used.
     println!("listening on http://{addr}");
     tracing::info!(%addr, models = ?config.models.iter().map(|m| &m.id).collect::<Vec<_>>(), "imago serving");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    crate::api::connections::serve(
+        listener,
+        app,
+        config.connections,
+        shutdown,
+        shutdown_signal(),
+    )
+    .await;
     tracing::info!("shutting down: finishing the running job");
     engine.shutdown().await;
     Ok(())

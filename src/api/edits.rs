@@ -115,6 +115,7 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
     };
     let validated = validate_openai(&generate, caps).map_err(ApiError::from)?;
     let validated = with_reference(validated, reference, strength, caps).map_err(ApiError::from)?;
+    super::generate::admit(state, &caller, &validated)?;
     tracing::info!(caller = caller.name(), "edit (openai)");
     super::openai::respond(state, validated, super::openai::Operation::Edit).await
 }

@@ -57,6 +57,7 @@ async fn handle(
     let served = state.registry.lookup(&request.model)?;
     caller.check_model(&request.model)?;
     let validated = validate_openrouter(&request, &served.caps).map_err(ApiError::from)?;
+    generate::admit(state, &caller, &validated)?;
     tracing::info!(
         caller = caller.name(),
         model = %validated.model,
@@ -97,7 +98,12 @@ fn response_body(batch: &Batch, request: &ValidatedRequest) -> ImageGenerationRe
 async fn stream(state: &AppState, request: ValidatedRequest) -> Result<Response, ApiError> {
     let submitted = generate::submit(state, &request).await?;
     let headers = generate::stream_headers(submitted.seed, request.width, request.height);
-    let events = generate::event_stream(submitted.job, request, OpenRouterEvents);
+    let events = generate::event_stream(
+        submitted.job,
+        request,
+        OpenRouterEvents,
+        state.shutdown.clone(),
+    );
     Ok(sse::response(events, headers))
 }
 

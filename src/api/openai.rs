@@ -57,6 +57,7 @@ async fn handle(
     let served = state.registry.lookup_or_first(request.model.as_deref())?;
     caller.check_model(&served.caps.id)?;
     let validated = validate_openai(&request, &served.caps).map_err(ApiError::from)?;
+    generate::admit(state, &caller, &validated)?;
     tracing::info!(caller = caller.name(), "generate (openai)");
     respond(state, validated, Operation::Generation).await
 }
@@ -85,7 +86,12 @@ pub async fn respond(
     if validated.stream {
         let submitted = generate::submit(state, &validated).await?;
         let headers = generate::stream_headers(submitted.seed, validated.width, validated.height);
-        let events = generate::event_stream(submitted.job, validated, OpenAiEvents { operation });
+        let events = generate::event_stream(
+            submitted.job,
+            validated,
+            OpenAiEvents { operation },
+            state.shutdown.clone(),
+        );
         return Ok(sse::response(events, headers));
     }
     let batch = generate::generate(state, &validated).await?;
