@@ -30,6 +30,8 @@ use crate::error::{ApiError, Surface};
         (status = 401, body = super::wire::openrouter::ErrorResponse),
         (status = 403, body = super::wire::openrouter::ErrorResponse),
         (status = 404, body = super::wire::openrouter::ErrorResponse),
+        (status = 402, description = "The API key's quota_images is used up", body = super::wire::openrouter::ErrorResponse),
+        (status = 408, description = "The request body stalled (--idle-timeout)", body = super::wire::openrouter::ErrorResponse),
         (status = 413, body = super::wire::openrouter::ErrorResponse),
         (status = 429, body = super::wire::openrouter::ErrorResponse),
         (status = 500, body = super::wire::openrouter::ErrorResponse),

@@ -29,6 +29,8 @@ use crate::error::{ApiError, Surface};
         (status = 401, body = ErrorResponse),
         (status = 403, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
+        (status = 402, description = "The API key's quota_images is used up", body = ErrorResponse),
+        (status = 408, description = "The request body stalled (--idle-timeout)", body = ErrorResponse),
         (status = 413, body = ErrorResponse),
         (status = 429, body = ErrorResponse),
         (status = 500, body = ErrorResponse),
