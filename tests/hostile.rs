@@ -490,6 +490,20 @@ fn slowloris_clients_are_disconnected_and_others_are_served() {
         start.elapsed()
     );
 
+    // A slow prefix of the HTTP/2 preface (before hyper's own timers run) is bounded too.
+    let mut preface = TcpStream::connect(addr).unwrap();
+    preface
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    preface.write_all(b"PRI * HT").unwrap();
+    let start = Instant::now();
+    let _ = preface.read_to_end(&mut sink);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+
     let mut stalled = TcpStream::connect(addr).unwrap();
     stalled
         .set_read_timeout(Some(Duration::from_secs(5)))

@@ -78,20 +78,21 @@ pub async fn serve(
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let guard = StallGuard::new(stream, limits.idle_timeout);
-                    let heard = guard.heard.clone();
+                    let sniffed = guard.sniffed.clone();
                     let io = TokioIo::new(guard);
                     let service = TowerToHyperService::new(app.clone());
                     let connection = builder.serve_connection_with_upgrades(io, service).into_owned();
                     let connection = graceful.watch(connection);
                     let header_timeout = limits.header_timeout;
                     connections.spawn(async move {
-                        // The protocol sniffing ahead of hyper waits for a first byte with no
-                        // timer of its own: a client that connects and sends nothing is bounded here.
+                        // The HTTP/1-or-2 sniffing ahead of hyper waits for bytes with no timer of
+                        // its own: a client that sends nothing, or a slow prefix of the HTTP/2
+                        // preface, is bounded here; past the sniffing hyper's own timers apply.
                         tokio::pin!(connection);
                         let result = match tokio::time::timeout(header_timeout, &mut connection).await {
                             Ok(result) => result,
-                            Err(_) if !heard.load(Ordering::Relaxed) => {
-                                tracing::debug!(%peer, "connection sent nothing within the header timeout");
+                            Err(_) if !sniffed.load(Ordering::Relaxed) => {
+                                tracing::debug!(%peer, "no request within the header timeout");
                                 return;
                             }
                             Err(_) => connection.await,
@@ -144,14 +145,19 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
+/// The HTTP/2 connection preface hyper-util's protocol sniffing compares the first bytes with.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// A socket whose writes fail with `TimedOut` when one makes no progress for `limit` (the peer
 /// stopped reading and the send buffer is full): hyper then closes the connection. It also
-/// records whether the peer has sent anything at all.
+/// records when the first bytes settled the protocol (they left, or completed, the HTTP/2 preface).
 struct StallGuard<T> {
     inner: T,
     limit: Duration,
     stalled_since: Option<Pin<Box<Sleep>>>,
-    heard: Arc<AtomicBool>,
+    /// Bytes of the HTTP/2 preface matched so far.
+    preface_matched: usize,
+    sniffed: Arc<AtomicBool>,
 }
 
 impl<T> StallGuard<T> {
@@ -160,7 +166,26 @@ impl<T> StallGuard<T> {
             inner,
             limit,
             stalled_since: None,
-            heard: Arc::default(),
+            preface_matched: 0,
+            sniffed: Arc::default(),
+        }
+    }
+
+    /// Follows the first bytes against the HTTP/2 preface until they settle the protocol.
+    fn sniff(&mut self, bytes: &[u8]) {
+        if self.sniffed.load(Ordering::Relaxed) {
+            return;
+        }
+        for &byte in bytes {
+            if H2_PREFACE.get(self.preface_matched) != Some(&byte) {
+                self.sniffed.store(true, Ordering::Relaxed);
+                return;
+            }
+            self.preface_matched += 1;
+            if self.preface_matched == H2_PREFACE.len() {
+                self.sniffed.store(true, Ordering::Relaxed);
+                return;
+            }
         }
     }
 
@@ -205,9 +230,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for StallGuard<T> {
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.heard.store(true, Ordering::Relaxed);
-        }
+        let this = &mut *self;
+        this.sniff(&buf.filled()[before..]);
         result
     }
 }
@@ -285,5 +309,25 @@ mod tests {
         guarded.shutdown().await.unwrap();
         drop(guarded);
         assert_eq!(reader.await.unwrap().unwrap(), 1000);
+    }
+
+    #[test]
+    fn the_protocol_is_settled_by_a_mismatch_or_the_whole_preface() {
+        let (near, _far) = tokio::io::duplex(64);
+        let mut guard = StallGuard::new(near, Duration::from_secs(1));
+        guard.sniff(b"PRI * HT");
+        assert!(
+            !guard.sniffed.load(Ordering::Relaxed),
+            "a slow HTTP/2 preface is not settled"
+        );
+        guard.sniff(b"TP/2.0\r\n\r\nSM\r\n\r\n");
+        assert!(guard.sniffed.load(Ordering::Relaxed));
+        let (near, _far) = tokio::io::duplex(64);
+        let mut guard = StallGuard::new(near, Duration::from_secs(1));
+        guard.sniff(b"G");
+        assert!(
+            guard.sniffed.load(Ordering::Relaxed),
+            "HTTP/1 from its first byte"
+        );
     }
 }
