@@ -19,6 +19,11 @@ pub struct Cli {
     #[arg(long, env = "IMAGO_LOG", default_value = "warn", global = true)]
     pub log: String,
 
+    /// Log line format on stderr: text, or json (one JSON object per line, with the span fields
+    /// such as `request_id`).
+    #[arg(long, env = "IMAGO_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -134,6 +139,29 @@ pub struct ServeArgs {
     /// the cache is an error instead of a download.
     #[arg(long, env = "IMAGO_OFFLINE")]
     pub offline: bool,
+
+    // --- hostile-input limits and connection timeouts (issue 7, http7) ---
+    /// Most output pixels one request may ask for, n x width x height (400 beyond).
+    #[arg(long, env = "IMAGO_MAX_PIXELS_PER_REQUEST", default_value_t = crate::config::DEFAULT_MAX_PIXELS_PER_REQUEST)]
+    pub max_pixels_per_request: u64,
+
+    /// Largest encoded reference image in bytes, data URL or download (400 beyond).
+    #[arg(long, env = "IMAGO_MAX_REFERENCE_BYTES", default_value_t = crate::imaging::ReferenceLimits::default().max_bytes)]
+    pub max_reference_bytes: usize,
+
+    /// Most pixels of a reference image, read from its header before decoding (400 beyond).
+    #[arg(long, env = "IMAGO_MAX_REFERENCE_PIXELS", default_value_t = crate::imaging::ReferenceLimits::default().max_pixels)]
+    pub max_reference_pixels: u64,
+
+    /// Seconds a client has to send a request's headers, counted from when the connection is
+    /// ready for a request (so idle keep-alive connections close after it too).
+    #[arg(long, env = "IMAGO_HEADER_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub header_timeout: std::time::Duration,
+
+    /// Seconds of silence from a client the server waits through: between request body chunks
+    /// (408 beyond), and for a response write to progress (the connection is closed beyond).
+    #[arg(long, env = "IMAGO_IDLE_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
+    pub idle_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -157,6 +185,25 @@ pub struct PullArgs {
     /// No progress bar.
     #[arg(long, env = "IMAGO_QUIET")]
     pub quiet: bool,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A positive number of seconds, fractions allowed (`0.5`).
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() && s <= 86_400.0 => {
+            Ok(std::time::Duration::from_secs_f64(s))
+        }
+        _ => Err(format!(
+            "expected a number of seconds between 0 and 86400, got {text:?}"
+        )),
+    }
 }
 
 #[derive(Debug, Args)]
@@ -250,7 +297,7 @@ pub struct GenerateArgs {
 /// Parses the command line, runs the command, and maps errors to a one-line message and exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    init_logging(&cli.log, cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(*args),
         Command::Generate(args) => commands::generate::run(*args),
@@ -287,11 +334,14 @@ fn one_line(err: &anyhow::Error) -> String {
     line.replace('\n', " ")
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }

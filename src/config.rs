@@ -44,6 +44,17 @@ pub struct ApiKey {
     pub secret: Secret,
     /// `None`: every model.
     pub models: Option<Vec<String>>,
+    /// Quota and rate (`quota_images`, `rate_per_minute` in the keys file).
+    pub limits: KeyLimits,
+}
+
+/// Per-key usage bounds, counted in memory (a restart resets them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyLimits {
+    /// Images the key may generate in all (402 beyond).
+    pub quota_images: Option<u64>,
+    /// Generation requests the key may send in any 60 s (429 with Retry-After beyond).
+    pub rate_per_minute: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,6 +71,10 @@ struct KeyEntry {
     key: String,
     #[serde(default)]
     models: Option<Vec<String>>,
+    #[serde(default)]
+    quota_images: Option<u64>,
+    #[serde(default)]
+    rate_per_minute: Option<u32>,
 }
 
 /// Reads `--api-keys-file`:
@@ -68,6 +83,8 @@ struct KeyEntry {
 /// name = "alice"
 /// key = "sk-alice-..."
 /// models = ["stabilityai/sd-turbo"]   # optional allow-list
+/// quota_images = 1000                   # optional: images in all (402 beyond)
+/// rate_per_minute = 30                  # optional: generation requests per minute (429 beyond)
 /// ```
 pub fn read_keys_file(path: &Path) -> Result<Vec<ApiKey>> {
     let text = std::fs::read_to_string(path)
@@ -83,10 +100,21 @@ pub fn read_keys_file(path: &Path) -> Result<Vec<ApiKey>> {
                 entry.name
             );
         }
+        if entry.rate_per_minute == Some(0) {
+            bail!(
+                "invalid --api-keys-file {}: keys[{i}] ({}) has rate_per_minute = 0; use quota_images = 0 to block a key",
+                path.display(),
+                entry.name
+            );
+        }
         keys.push(ApiKey {
             name: entry.name,
             secret: Secret(entry.key),
             models: entry.models,
+            limits: KeyLimits {
+                quota_images: entry.quota_images,
+                rate_per_minute: entry.rate_per_minute,
+            },
         });
     }
     Ok(keys)
@@ -98,13 +126,22 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Size, pixels, time and addresses for `input_references`.
     pub reference: ReferenceLimits,
+    /// Most output pixels (n x width x height) one request may ask for.
+    pub max_pixels_per_request: u64,
+    /// Longest gap between request body chunks (`--idle-timeout`).
+    pub idle_timeout: std::time::Duration,
 }
+
+/// Default `--max-pixels-per-request`: ten 1024x1024 images (SDXL's largest n at its native size).
+pub const DEFAULT_MAX_PIXELS_PER_REQUEST: u64 = 10 * 1024 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_body_bytes: 32 * 1024 * 1024,
             reference: ReferenceLimits::default(),
+            max_pixels_per_request: DEFAULT_MAX_PIXELS_PER_REQUEST,
+            idle_timeout: crate::api::connections::ConnectionLimits::default().idle_timeout,
         }
     }
 }
@@ -118,6 +155,8 @@ pub struct ServerConfig {
     pub dtype: DTypeChoice,
     pub max_queue: usize,
     pub limits: Limits,
+    /// Header, idle and shutdown timeouts of client connections.
+    pub connections: crate::api::connections::ConnectionLimits,
     /// Serve `/metrics` without an API key.
     pub public_metrics: bool,
     pub preview_decoders: Vec<PreviewDecoderToLoad>,
@@ -127,8 +166,6 @@ pub struct ServerConfig {
     pub playground: bool,
     /// Batching, request timeout and pixel limit of the engine.
     pub scheduling: crate::engine::Scheduling,
-    /// On SIGTERM, how long accepted work may run before it is cancelled.
-    pub shutdown_grace: std::time::Duration,
 }
 
 /// `--preview-decoder [MODEL_ID=]SOURCE`.
@@ -268,5 +305,26 @@ mod tests {
             .contains("bob"));
         std::fs::write(&path, "[[keys]]\nname = \"bob\"\nsecret = \"x\"\n").unwrap();
         assert!(read_keys_file(&path).is_err());
+        std::fs::write(
+            &path,
+            "[[keys]]\nname = \"carol\"\nkey = \"k\"\nquota_images = 5\nrate_per_minute = 2\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_keys_file(&path).unwrap()[0].limits,
+            KeyLimits {
+                quota_images: Some(5),
+                rate_per_minute: Some(2)
+            }
+        );
+        std::fs::write(
+            &path,
+            "[[keys]]\nname = \"dan\"\nkey = \"k\"\nrate_per_minute = 0\n",
+        )
+        .unwrap();
+        assert!(read_keys_file(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("rate_per_minute = 0"));
     }
 }

@@ -32,8 +32,28 @@ pub enum ApiError {
     UnknownModel { model: String, available: String },
     #[error("no route {0}")]
     NoRoute(String),
-    #[error("request body too large: the limit is {limit} bytes")]
+    #[error("request body too large: the limit is {limit} bytes (--max-body-bytes)")]
     BodyTooLarge { limit: usize },
+    /// The client stopped sending its body (a slow upload must not pin a connection).
+    #[error("the request body stalled: no bytes for {:.1} s (--idle-timeout)", .timeout.as_secs_f64())]
+    BodyStalled { timeout: std::time::Duration },
+    /// The key's `quota_images` would be passed (counted in memory since the server started).
+    #[error("API key {key} has used {used} of its {quota} images (quota_images in the keys file); this request asks for {requested}")]
+    QuotaExceeded {
+        key: String,
+        quota: u64,
+        used: u64,
+        requested: u64,
+    },
+    /// The key's `rate_per_minute` is used up for the last 60 s.
+    #[error("API key {key} may send {limit} generation requests per minute (rate_per_minute in the keys file); retry in {retry_after_s} s")]
+    RateLimited {
+        key: String,
+        limit: u32,
+        retry_after_s: u64,
+    },
+    #[error("the server is shutting down; retry on another instance or after it restarts")]
+    ShuttingDown,
     #[error("the generation queue is full ({depth} waiting); retry in {retry_after_s} s")]
     QueueFull { depth: usize, retry_after_s: u64 },
     /// A failure inside imago; the detail goes to the log only.
@@ -81,7 +101,10 @@ impl ApiError {
             Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
             Self::UnknownModel { .. } | Self::NoRoute(_) => StatusCode::NOT_FOUND,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::QuotaExceeded { .. } => StatusCode::PAYMENT_REQUIRED,
+            Self::QueueFull { .. } | Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -116,7 +139,11 @@ impl ApiError {
             Self::UnknownModel { .. } => ("invalid_request_error", Some("model_not_found")),
             Self::NoRoute(_) => ("invalid_request_error", Some("unknown_url")),
             Self::BodyTooLarge { .. } => ("invalid_request_error", Some("request_too_large")),
+            Self::BodyStalled { .. } => ("invalid_request_error", Some("request_timeout")),
+            Self::QuotaExceeded { .. } => ("insufficient_quota", Some("insufficient_quota")),
             Self::QueueFull { .. } => ("rate_limit_error", Some("queue_full")),
+            Self::RateLimited { .. } => ("rate_limit_error", Some("rate_limit_exceeded")),
+            Self::ShuttingDown => ("server_error", Some("shutting_down")),
             Self::Internal(_) => ("server_error", None),
             Self::BadGateway(_) => ("server_error", Some("generation_incomplete")),
             Self::NotReady(_) => ("server_error", Some("not_ready")),
@@ -137,11 +164,25 @@ impl ApiError {
                 if let Some(field) = self.field_name() {
                     metadata.insert("field".into(), json!(field));
                 }
-                if let Self::QueueFull { retry_after_s, .. } = self {
+                if let Some(retry_after_s) = self.retry_after_s() {
                     metadata.insert("retry_after_seconds".into(), json!(retry_after_s));
+                }
+                if let Self::QuotaExceeded { quota, used, .. } = self {
+                    metadata.insert("quota_images".into(), json!(quota));
+                    metadata.insert("used_images".into(), json!(used));
                 }
                 json!({"error": {"code": self.status().as_u16(), "message": message, "metadata": metadata}})
             }
+        }
+    }
+
+    /// Seconds a client should wait before retrying (the `Retry-After` header), if any.
+    pub fn retry_after_s(&self) -> Option<u64> {
+        match self {
+            Self::QueueFull { retry_after_s, .. } | Self::RateLimited { retry_after_s, .. } => {
+                Some(*retry_after_s)
+            }
+            _ => None,
         }
     }
 
@@ -189,7 +230,7 @@ impl IntoResponse for ApiFailure {
             _ => {}
         }
         let mut response = (status, axum::Json(self.error.envelope(self.surface))).into_response();
-        if let ApiError::QueueFull { retry_after_s, .. } = self.error {
+        if let Some(retry_after_s) = self.error.retry_after_s() {
             if let Ok(value) = HeaderValue::from_str(&retry_after_s.to_string()) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
             }

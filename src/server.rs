@@ -1,11 +1,11 @@
 //! `imago serve`: load the models, bind, serve until Ctrl-C/SIGTERM, then drain.
-use std::future::IntoFuture;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
 use crate::api::auth::Auth;
+use crate::api::shutdown::Shutdown;
 use crate::api::{build_app, AppInner, AppState};
 use crate::config::ServerConfig;
 use crate::engine::{Engine, EngineConfig};
@@ -44,6 +44,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             config.addr
         );
     }
+    let shutdown = Shutdown::default();
     let state = AppState::new(AppInner {
         registry,
         metrics,
@@ -52,6 +53,7 @@ pub async fn run(config: ServerConfig) -> Result<()> {
         limits: config.limits.clone(),
         engine: engine.clone(),
         playground: config.playground,
+        shutdown: shutdown.clone(),
     });
     let app = build_app(state);
 
@@ -62,16 +64,17 @@ pub async fn run(config: ServerConfig) -> Result<()> {
     // Tests and scripts read this line to find the port when --port 0 is used.
     println!("listening on http://{addr}");
     tracing::info!(%addr, models = ?config.models.iter().map(|m| &m.id).collect::<Vec<_>>(), "imago serving");
-    // On the signal axum stops accepting and waits for the open requests; the engine keeps
-    // running them. Past the grace period the engine cancels what still runs, so those requests
-    // end (with an error) and the drain completes.
+    // On the signal the accept loop stops taking connections and lets accepted requests finish;
+    // past the grace period it ends open streams, and the engine cancels what still runs, so
+    // the remaining requests end (with an error) and the drain completes.
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutdown signal: no new connections; finishing accepted requests");
-        let _ = signalled_tx.send(());
-    });
-    let grace = config.shutdown_grace;
+    let grace = config.connections.shutdown_grace;
+    let serve =
+        crate::api::connections::serve(listener, app, config.connections, shutdown, async move {
+            shutdown_signal().await;
+            tracing::info!("shutdown signal: no new connections; finishing accepted requests");
+            let _ = signalled_tx.send(());
+        });
     let grace_over = async move {
         if signalled_rx.await.is_ok() {
             tokio::time::sleep(grace).await;
@@ -79,13 +82,13 @@ pub async fn run(config: ServerConfig) -> Result<()> {
             std::future::pending::<()>().await;
         }
     };
-    let mut serve = std::pin::pin!(serve.into_future());
+    let mut serve = std::pin::pin!(serve);
     tokio::select! {
-        served = &mut serve => served?,
+        () = &mut serve => {}
         () = grace_over => {
-            tracing::warn!(grace_s = grace.as_secs(), "shutdown grace period over: cancelling running jobs");
+            tracing::warn!(grace_s = grace.as_secs_f64(), "shutdown grace period over: cancelling running jobs");
             engine.abort();
-            serve.await?;
+            serve.await;
         }
     }
     tracing::info!("shutting down: waiting for the engine thread");

@@ -37,7 +37,10 @@ const BOOLEAN_FIELDS: &[&str] = &["stream"];
         (status = 400, body = super::wire::openai::ErrorResponse),
         (status = 401, body = super::wire::openai::ErrorResponse),
         (status = 404, body = super::wire::openai::ErrorResponse),
+        (status = 402, description = "The API key's quota_images is used up", body = super::wire::openai::ErrorResponse),
+        (status = 408, description = "The request body stalled (--idle-timeout)", body = super::wire::openai::ErrorResponse),
         (status = 413, body = super::wire::openai::ErrorResponse),
+        (status = 429, description = "The queue is full or the key's rate_per_minute is used up", body = super::wire::openai::ErrorResponse),
     ),
     security(("bearer" = []))
 )]
@@ -115,6 +118,7 @@ async fn handle(state: &AppState, request: Request) -> Result<Response, ApiError
     };
     let validated = validate_openai(&generate, caps).map_err(ApiError::from)?;
     let validated = with_reference(validated, reference, strength, caps).map_err(ApiError::from)?;
+    super::generate::admit(state, &caller, &validated)?;
     tracing::info!(caller = caller.name(), "edit (openai)");
     super::openai::respond(state, validated, super::openai::Operation::Edit).await
 }

@@ -1,11 +1,13 @@
 //! The surface-independent core of a generation: reference loading, the engine job, encoding.
 //! `/api/v1/images` and `/v1/images/generations` only translate to and from their wire shapes.
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use image::RgbImage;
 use imago_models::pipeline::Timings;
 
+use super::auth::Caller;
+use super::shutdown::Shutdown;
 use super::AppState;
 use crate::domain::request::{OutputFormat, ReferenceSource, ValidatedRequest};
 use crate::domain::seed::random_seed;
@@ -56,6 +58,31 @@ pub fn image_format(format: OutputFormat) -> ImageFormat {
         OutputFormat::Jpeg => ImageFormat::Jpeg,
         OutputFormat::Webp => ImageFormat::Webp,
     }
+}
+
+/// The checks between validation and work: the per-request pixel cap (`--max-pixels-per-request`),
+/// then the caller's quota and rate. Nothing is counted against the key when refused.
+pub fn admit(
+    state: &AppState,
+    caller: &Caller,
+    request: &ValidatedRequest,
+) -> Result<(), ApiError> {
+    let (n, width, height) = (
+        request.n as u64,
+        request.width as u64,
+        request.height as u64,
+    );
+    let pixels = n * width * height;
+    let limit = state.limits.max_pixels_per_request;
+    if pixels > limit {
+        return Err(ApiError::field(
+            "n",
+            format!(
+                "n x width x height = {n} x {width} x {height} = {pixels} pixels is over this server's limit of {limit} pixels per request (--max-pixels-per-request); ask for fewer or smaller images"
+            ),
+        ));
+    }
+    state.auth.admit(caller, n, Instant::now())
 }
 
 /// Fetches/decodes the reference image (a client error when it is bad) and queues the job.
@@ -211,10 +238,13 @@ pub trait StreamRenderer: Send + Sync + 'static {
 /// The events of a streaming generation: partial images as the engine sends previews (encoded here,
 /// off the denoising thread), then the final images, or one error event; `[DONE]` always ends the
 /// stream. Dropping the stream (the client left) drops the job handle, which cancels the job.
+/// When `shutdown` says streams must end (the grace period is over), the stream sends an error
+/// event and `[DONE]` and drops the job.
 pub fn event_stream<R: StreamRenderer>(
     job: JobHandle,
     request: ValidatedRequest,
     renderer: R,
+    shutdown: Shutdown,
 ) -> impl futures_util::Stream<Item = Result<Event, std::convert::Infallible>> + Send {
     use std::collections::VecDeque;
     use std::sync::Arc;
@@ -225,13 +255,23 @@ pub fn event_stream<R: StreamRenderer>(
     futures_util::stream::unfold(start, move |(mut job, mut queue)| {
         let renderer = renderer.clone();
         let request = request.clone();
+        let shutdown = shutdown.clone();
         async move {
             loop {
                 if let Some(event) = queue.pop_front() {
                     return Some((Ok(event), (job, queue)));
                 }
                 let mut running = job.take()?;
-                match running.events.recv().await {
+                let next = tokio::select! {
+                    event = running.events.recv() => event,
+                    () = shutdown.closing() => {
+                        tracing::warn!("stream ended by the server's shutdown");
+                        queue.push_back(renderer.error(&ApiError::ShuttingDown));
+                        queue.push_back(super::sse::done());
+                        continue;
+                    }
+                };
+                match next {
                     Some(JobEvent::Preview {
                         partial_image_index,
                         images,

@@ -30,6 +30,8 @@ use crate::error::{ApiError, Surface};
         (status = 401, body = super::wire::openrouter::ErrorResponse),
         (status = 403, body = super::wire::openrouter::ErrorResponse),
         (status = 404, body = super::wire::openrouter::ErrorResponse),
+        (status = 402, description = "The API key's quota_images is used up", body = super::wire::openrouter::ErrorResponse),
+        (status = 408, description = "The request body stalled (--idle-timeout)", body = super::wire::openrouter::ErrorResponse),
         (status = 413, body = super::wire::openrouter::ErrorResponse),
         (status = 429, body = super::wire::openrouter::ErrorResponse),
         (status = 500, body = super::wire::openrouter::ErrorResponse),
@@ -57,6 +59,7 @@ async fn handle(
     let served = state.registry.lookup(&request.model)?;
     caller.check_model(&request.model)?;
     let validated = validate_openrouter(&request, &served.caps).map_err(ApiError::from)?;
+    generate::admit(state, &caller, &validated)?;
     tracing::info!(
         caller = caller.name(),
         model = %validated.model,
@@ -97,7 +100,12 @@ fn response_body(batch: &Batch, request: &ValidatedRequest) -> ImageGenerationRe
 async fn stream(state: &AppState, request: ValidatedRequest) -> Result<Response, ApiError> {
     let submitted = generate::submit(state, &request).await?;
     let headers = generate::stream_headers(submitted.seed, request.width, request.height);
-    let events = generate::event_stream(submitted.job, request, OpenRouterEvents);
+    let events = generate::event_stream(
+        submitted.job,
+        request,
+        OpenRouterEvents,
+        state.shutdown.clone(),
+    );
     Ok(sse::response(events, headers))
 }
 

@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, shared state, body parsing. It reaches the engine only through the
 //! providers and never imports candle.
 pub mod auth;
+pub mod connections;
 pub mod edits;
 pub mod generate;
 pub mod health;
@@ -10,6 +11,9 @@ pub mod models;
 pub mod openai;
 pub mod openapi;
 pub mod playground;
+pub mod request_body;
+pub mod request_id;
+pub mod shutdown;
 pub mod sse;
 pub mod wire;
 
@@ -28,7 +32,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::config::Limits;
 use crate::engine::Engine;
-use crate::error::{ApiError, Surface};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::providers::Registry;
 use auth::Auth;
@@ -44,6 +48,8 @@ pub struct AppInner {
     pub engine: Engine,
     /// Serve the browser playground at `/` (off with `--no-playground`).
     pub playground: bool,
+    /// The shutdown phase: open event streams end when it says so.
+    pub shutdown: shutdown::Shutdown,
 }
 
 /// Shared, cheaply cloned application state.
@@ -92,19 +98,20 @@ pub fn build_app(state: AppState) -> Router {
         .fallback(no_route)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
+            request_body::buffer,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
             metrics::track,
         ))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(request_id::tag))
         .with_state(state)
 }
 
 async fn no_route(uri: Uri) -> Response {
-    let surface = if uri.path().starts_with("/v1/") {
-        Surface::OpenAi
-    } else {
-        Surface::OpenRouter
-    };
+    let surface = request_body::surface_of(uri.path());
     ApiError::NoRoute(uri.path().to_string())
         .on(surface)
         .into_response()

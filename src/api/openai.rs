@@ -29,6 +29,8 @@ use crate::error::{ApiError, Surface};
         (status = 401, body = ErrorResponse),
         (status = 403, body = ErrorResponse),
         (status = 404, body = ErrorResponse),
+        (status = 402, description = "The API key's quota_images is used up", body = ErrorResponse),
+        (status = 408, description = "The request body stalled (--idle-timeout)", body = ErrorResponse),
         (status = 413, body = ErrorResponse),
         (status = 429, body = ErrorResponse),
         (status = 500, body = ErrorResponse),
@@ -57,6 +59,7 @@ async fn handle(
     let served = state.registry.lookup_or_first(request.model.as_deref())?;
     caller.check_model(&served.caps.id)?;
     let validated = validate_openai(&request, &served.caps).map_err(ApiError::from)?;
+    generate::admit(state, &caller, &validated)?;
     tracing::info!(caller = caller.name(), "generate (openai)");
     respond(state, validated, Operation::Generation).await
 }
@@ -85,7 +88,12 @@ pub async fn respond(
     if validated.stream {
         let submitted = generate::submit(state, &validated).await?;
         let headers = generate::stream_headers(submitted.seed, validated.width, validated.height);
-        let events = generate::event_stream(submitted.job, validated, OpenAiEvents { operation });
+        let events = generate::event_stream(
+            submitted.job,
+            validated,
+            OpenAiEvents { operation },
+            state.shutdown.clone(),
+        );
         return Ok(sse::response(events, headers));
     }
     let batch = generate::generate(state, &validated).await?;

@@ -3,8 +3,9 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 
+use crate::api::connections::ConnectionLimits;
 use crate::cli::ServeArgs;
-use crate::config::{self, ApiKey, Limits, ServerConfig};
+use crate::config::{self, ApiKey, KeyLimits, Limits, ServerConfig};
 use crate::imaging::ReferenceLimits;
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -42,6 +43,7 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             name: format!("key-{i}"),
             secret,
             models: None,
+            limits: KeyLimits::default(),
         })
         .collect();
     if let Some(path) = &args.api_keys_file {
@@ -62,7 +64,6 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             request_timeout: std::time::Duration::from_secs(args.request_timeout),
             max_pixels: args.max_pixels,
         },
-        shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
         preview_decoders: args
             .preview_decoders
             .iter()
@@ -72,8 +73,17 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
             max_body_bytes: args.max_body_bytes,
             reference: ReferenceLimits {
                 allow_private: args.allow_private_urls,
+                max_bytes: args.max_reference_bytes,
+                max_pixels: args.max_reference_pixels,
                 ..ReferenceLimits::default()
             },
+            max_pixels_per_request: args.max_pixels_per_request,
+            idle_timeout: args.idle_timeout,
+        },
+        connections: ConnectionLimits {
+            header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+            shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
         },
     })
 }

@@ -198,4 +198,70 @@ mod tests {
             ("2001:0:a00:1:8000:63bf:f7f7:f7f7", false),    // server 10.0.0.1
         ]);
     }
+
+    /// Every range issue 7 names (private, link-local, metadata, unspecified, CGNAT, ULA,
+    /// multicast, loopback), and each IPv4 one again in its IPv4-mapped, IPv4-compatible and
+    /// NAT64 IPv6 spellings.
+    #[test]
+    fn every_named_range_is_refused_in_every_spelling() {
+        let v4_refused = [
+            "10.0.0.1",        // private
+            "172.16.5.4",      // private
+            "192.168.0.1",     // private
+            "169.254.1.1",     // link-local
+            "169.254.169.254", // AWS/GCP/Azure metadata
+            "100.100.100.200", // Alibaba metadata (CGNAT range)
+            "0.0.0.0",         // unspecified
+            "100.64.0.1",      // CGNAT
+            "100.127.255.254", // CGNAT
+            "127.0.0.1",       // loopback
+            "224.0.0.251",     // multicast
+            "239.1.2.3",       // multicast
+            "255.255.255.255", // broadcast
+        ];
+        for text in v4_refused {
+            let v4: Ipv4Addr = text.parse().unwrap();
+            let [a, b, c, d] = v4.octets();
+            let spellings = [
+                IpAddr::V4(v4),
+                IpAddr::V6(v4.to_ipv6_mapped()),
+                IpAddr::V6(v4.to_ipv6_compatible()),
+                IpAddr::V6(Ipv6Addr::new(
+                    0x64,
+                    0xff9b,
+                    0,
+                    0,
+                    0,
+                    0,
+                    u16::from_be_bytes([a, b]),
+                    u16::from_be_bytes([c, d]),
+                )),
+            ];
+            for ip in spellings {
+                assert!(!is_public_address(ip), "{ip} ({text}) must be refused");
+            }
+        }
+        let v6_refused = [
+            "::",      // unspecified
+            "::1",     // loopback
+            "fe80::1", // link-local
+            "fe80::a9fe:a9fe",
+            "fc00::1",       // unique-local
+            "fdff:ffff::1",  // unique-local
+            "fd00:ec2::254", // AWS metadata over IPv6
+            "ff02::1",       // multicast
+            "ff05::1:3",     // multicast
+        ];
+        for text in v6_refused {
+            let ip: IpAddr = text.parse().unwrap();
+            assert!(!is_public_address(ip), "{text} must be refused");
+        }
+        let public = IpAddr::V6(
+            "93.184.216.34"
+                .parse::<Ipv4Addr>()
+                .unwrap()
+                .to_ipv6_mapped(),
+        );
+        assert!(is_public_address(public), "a mapped public address passes");
+    }
 }

@@ -37,7 +37,25 @@ pub(super) async fn fetch_reference_bytes(
     url: &str,
     limits: &ReferenceLimits,
 ) -> Result<Vec<u8>, ImagingError> {
-    match tokio::time::timeout(limits.timeout, fetch_following_redirects(url, limits)).await {
+    let allowed = |ip: IpAddr| limits.allow_private || is_public_address(ip);
+    fetch_under_policy(url, limits, &allowed).await
+}
+
+/// Which addresses may be connected to (the server's policy is [`is_public_address`] unless
+/// `allow_private`; tests narrow it to single loopback addresses).
+type AddressPolicy<'a> = &'a (dyn Fn(IpAddr) -> bool + Sync);
+
+async fn fetch_under_policy(
+    url: &str,
+    limits: &ReferenceLimits,
+    allowed: AddressPolicy<'_>,
+) -> Result<Vec<u8>, ImagingError> {
+    match tokio::time::timeout(
+        limits.timeout,
+        fetch_following_redirects(url, limits, allowed),
+    )
+    .await
+    {
         Ok(result) => result,
         Err(_) => Err(ImagingError::Timeout {
             timeout: limits.timeout,
@@ -48,6 +66,7 @@ pub(super) async fn fetch_reference_bytes(
 async fn fetch_following_redirects(
     url: &str,
     limits: &ReferenceLimits,
+    allowed: AddressPolicy<'_>,
 ) -> Result<Vec<u8>, ImagingError> {
     let mut current = Url::parse(url).map_err(|e| ImagingError::BadUrl {
         url: url.to_string(),
@@ -56,7 +75,7 @@ async fn fetch_following_redirects(
     let mut redirects = 0;
     loop {
         check_scheme(&current)?;
-        let addresses = resolve_checked(&current, limits.allow_private).await?;
+        let addresses = resolve_checked(&current, allowed).await?;
         let response = pinned_client(&addresses)?
             .get(current.clone())
             .send()
@@ -94,10 +113,12 @@ fn check_scheme(url: &Url) -> Result<(), ImagingError> {
     }
 }
 
-/// The addresses `url`'s host stands for, each checked with [`is_public_address`] unless
-/// `allow_private`. One non-public address refuses the whole host: a name that resolves to a
-/// mix must not be let through on a lucky pick.
-async fn resolve_checked(url: &Url, allow_private: bool) -> Result<Vec<SocketAddr>, ImagingError> {
+/// The addresses `url`'s host stands for, each checked with `allowed`. One refused address
+/// refuses the whole host: a name that resolves to a mix must not be let through on a lucky pick.
+async fn resolve_checked(
+    url: &Url,
+    allowed: AddressPolicy<'_>,
+) -> Result<Vec<SocketAddr>, ImagingError> {
     let port = url.port_or_known_default().unwrap_or(80);
     let (host, addresses) = match host_of(url) {
         None => {
@@ -122,14 +143,12 @@ async fn resolve_checked(url: &Url, allow_private: bool) -> Result<Vec<SocketAdd
             (domain.to_string(), found)
         }
     };
-    if !allow_private {
-        if let Some(address) = addresses
-            .iter()
-            .map(SocketAddr::ip)
-            .find(|&ip: &IpAddr| !is_public_address(ip))
-        {
-            return Err(ImagingError::AddressNotPublic { host, address });
-        }
+    if let Some(address) = addresses
+        .iter()
+        .map(SocketAddr::ip)
+        .find(|&ip: &IpAddr| !allowed(ip))
+    {
+        return Err(ImagingError::AddressNotPublic { host, address });
     }
     Ok(addresses)
 }
@@ -214,4 +233,52 @@ fn fetch_failed(error: &reqwest::Error) -> ImagingError {
         source = cause.source();
     }
     ImagingError::FetchFailed { reason }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// A redirect is checked like the first URL: a server we may reach (127.0.0.1) redirecting
+    /// to one we may not (127.0.0.2, standing in for an internal address) is refused before any
+    /// connection is made to it.
+    #[tokio::test]
+    async fn every_redirect_hop_is_checked_before_connecting() {
+        let canary = TcpListener::bind("127.0.0.2:0").await.unwrap();
+        let target = format!(
+            "http://127.0.0.2:{}/x.png",
+            canary.local_addr().unwrap().port()
+        );
+        let allowed_host = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/start", allowed_host.local_addr().unwrap());
+        let redirector = tokio::spawn(async move {
+            let (mut socket, _) = allowed_host.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = socket.read(&mut request).await;
+            let answer = format!(
+                "HTTP/1.1 302 Found\r\nLocation: {target}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            socket.write_all(answer.as_bytes()).await.unwrap();
+        });
+        let only_first = |ip: IpAddr| ip == IpAddr::from([127, 0, 0, 1]);
+        let limits = ReferenceLimits {
+            allow_private: true,
+            ..ReferenceLimits::default()
+        };
+        let err = fetch_under_policy(&url, &limits, &only_first)
+            .await
+            .expect_err("the redirect target is not allowed");
+        assert!(
+            matches!(&err, ImagingError::AddressNotPublic { address, .. } if address.to_string() == "127.0.0.2"),
+            "{err}"
+        );
+        redirector.await.unwrap();
+        let reached = tokio::time::timeout(Duration::from_millis(200), canary.accept()).await;
+        assert!(reached.is_err(), "a connection reached the redirect target");
+    }
 }

@@ -146,6 +146,13 @@ pub struct Server {
     api_key: Option<String>,
 }
 
+impl Server {
+    /// The server's process id (to read its memory from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -123,6 +123,7 @@ pub async fn serve_with_playground(
         limits,
         engine: engine.clone(),
         playground,
+        shutdown: Default::default(),
     });
     let app = build_app(state);
     let addr = server_runtime()
@@ -137,6 +138,69 @@ pub async fn serve_with_playground(
         .await
         .expect("serve task");
     TestServer { addr, engine, caps }
+}
+
+/// A server run by `imago::api::connections::serve` (the accept loop of `imago serve`, with its
+/// timeouts and shutdown phases) instead of `axum::serve`; `stop` starts its shutdown and
+/// `stopped` resolves when the loop has returned.
+pub struct HardenedServer {
+    pub server: TestServer,
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub stopped: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// As [`serve`], through the hardened accept loop with `connections`.
+pub async fn serve_hardened(
+    engine: Engine,
+    caps: Vec<ModelCaps>,
+    keys: Vec<ApiKey>,
+    limits: Limits,
+    connections: imago::api::connections::ConnectionLimits,
+) -> HardenedServer {
+    let local = Provider::Local(LocalProvider::new(engine.clone()));
+    let registry = Registry::new(
+        caps.iter()
+            .cloned()
+            .map(|caps| ServedModel {
+                caps,
+                provider: local.clone(),
+            })
+            .collect(),
+    );
+    let shutdown = imago::api::shutdown::Shutdown::default();
+    let state = AppState::new(AppInner {
+        registry,
+        metrics: engine.metrics().clone(),
+        public_metrics: false,
+        auth: Auth::new(keys),
+        limits,
+        engine: engine.clone(),
+        playground: false,
+        shutdown: shutdown.clone(),
+    });
+    let app = build_app(state);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let addr = server_runtime()
+        .spawn(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("local addr");
+            tokio::spawn(async move {
+                let signal = async {
+                    let _ = stop_rx.await;
+                };
+                imago::api::connections::serve(listener, app, connections, shutdown, signal).await;
+                let _ = stopped_tx.send(());
+            });
+            addr
+        })
+        .await
+        .expect("serve task");
+    HardenedServer {
+        server: TestServer { addr, engine, caps },
+        stop: Some(stop_tx),
+        stopped: stopped_rx,
+    }
 }
 
 /// A copy of a fixture model folder under the test's temporary folder, with its scheduler config
