@@ -107,6 +107,11 @@ pub struct ServeArgs {
     /// Turn off the browser playground at `/` (the page that tries the API from a browser).
     #[arg(long, env = "IMAGO_NO_PLAYGROUND")]
     pub no_playground: bool,
+
+    /// Upstream providers, a TOML file of `[[providers]]` (slug, kind = "openrouter" | "openai",
+    /// base_url, api_key_env, models): requests for their models are routed there, with fallback.
+    #[arg(long, env = "IMAGO_PROVIDERS_FILE")]
+    pub providers_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

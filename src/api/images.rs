@@ -53,10 +53,31 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = state.auth.authenticate(headers)?;
+    // Kept as JSON for an upstream provider (the typed parse below checks it first).
+    let raw = body.as_ref().ok().cloned();
     let request: ImageGenerationRequest = parse_json(body, state.limits.max_body_bytes)?;
-    let served = state.registry.lookup(&request.model)?;
+    // router8: the providers serving the model, in routing order (404 / 400 when none).
+    let hops = state
+        .registry
+        .plan(&request.model, request.provider.as_ref())?;
     caller.check_model(&request.model)?;
-    let validated = validate_openrouter(&request, &served.caps).map_err(ApiError::from)?;
+    let raw: serde_json::Value = raw
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    crate::providers::dispatch(&hops, Surface::OpenRouter, &raw, || {
+        local(state, &caller, &request)
+    })
+    .await
+}
+
+/// The local engine's answer.
+async fn local(
+    state: &AppState,
+    caller: &crate::api::auth::Caller,
+    request: &ImageGenerationRequest,
+) -> Result<Response, ApiError> {
+    let served = state.registry.lookup(&request.model)?;
+    let validated = validate_openrouter(request, &served.caps).map_err(ApiError::from)?;
     tracing::info!(
         caller = caller.name(),
         model = %validated.model,

@@ -122,10 +122,10 @@ pub async fn openrouter_list(State(state): State<AppState>, headers: HeaderMap) 
     if let Err(err) = state.auth.authenticate(&headers) {
         return err.on(Surface::OpenRouter).into_response();
     }
-    Json(ImageModelsListResponse {
-        data: state.registry.models().iter().map(list_item).collect(),
-    })
-    .into_response()
+    let mut data: Vec<ImageModelListItem> = state.registry.models().iter().map(list_item).collect();
+    // router8: the upstream providers' models.
+    data.extend(crate::providers::openrouter_items(&state.registry).await);
+    Json(ImageModelsListResponse { data }).into_response()
 }
 
 /// The providers serving one model (`author/slug`).
@@ -184,11 +184,13 @@ pub async fn openai_list(State(state): State<AppState>, headers: HeaderMap) -> R
     if let Err(err) = state.auth.authenticate(&headers) {
         return err.on(Surface::OpenAi).into_response();
     }
-    let data = state
+    let mut data: Vec<Model> = state
         .registry
         .models()
         .iter()
         .map(|m| Model::new(m.caps.id.clone(), m.caps.created, "imago"))
         .collect();
+    // router8: the upstream providers' models.
+    data.extend(crate::providers::openai_models(&state.registry).await);
     Json(ModelList::new(data)).into_response()
 }

@@ -52,7 +52,27 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = state.auth.authenticate(headers)?;
+    let raw = body.as_ref().ok().cloned();
     let request: ImageGenerateRequest = parse_json(body, state.limits.max_body_bytes)?;
+    // router8: a model some upstream serves goes through the providers in order (no routing
+    // preferences on this API: local first, then the providers file's order, with fallback).
+    if let Some(model) = request
+        .model
+        .as_deref()
+        .filter(|m| state.registry.get(m).is_none())
+    {
+        let hops = state.registry.plan(model, None)?;
+        caller.check_model(model)?;
+        let raw: serde_json::Value = raw
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        return crate::providers::dispatch(&hops, Surface::OpenAi, &raw, || async {
+            Err(ApiError::Internal(
+                "no local hop for an upstream-only model".into(),
+            ))
+        })
+        .await;
+    }
     // `model` is optional in OpenAI's API: without one, the first served model answers.
     let served = state.registry.lookup_or_first(request.model.as_deref())?;
     caller.check_model(&served.caps.id)?;
