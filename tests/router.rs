@@ -172,8 +172,10 @@ async fn get(base: &str, key: &str, path: &str) -> Value {
         .send()
         .await
         .expect("request");
-    assert_eq!(response.status().as_u16(), 200, "GET {path}");
-    serde_json::from_str(&response.text().await.expect("body")).expect("JSON")
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    assert_eq!(status, 200, "GET {path}: {text}");
+    serde_json::from_str(&text).expect("JSON")
 }
 
 fn image_bytes(b64: &Value) -> Vec<u8> {
@@ -390,6 +392,23 @@ async fn a_router_in_front_of_an_upstream_imago() {
     assert_eq!(
         listed["data"][1]["name"],
         upstream_listed["data"][0]["name"]
+    );
+    let endpoints = get(
+        router,
+        CLIENT_KEY,
+        "/api/v1/images/models/up-model/endpoints",
+    )
+    .await;
+    let slugs: Vec<&str> = endpoints["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e["provider_slug"].as_str())
+        .collect();
+    assert_eq!(slugs, ["dead", "spy", "good", "good-openai"]);
+    assert_eq!(
+        endpoints["endpoints"][2]["supported_parameters"],
+        upstream_listed["data"][0]["supported_parameters"]
     );
     let openai_listed = get(router, CLIENT_KEY, "/v1/models").await;
     let ids: Vec<&str> = openai_listed["data"]

@@ -138,7 +138,7 @@ pub async fn openrouter_endpoints(
     headers: HeaderMap,
     Path((author, slug)): Path<(String, String)>,
 ) -> Response {
-    endpoints(&state, &headers, &format!("{author}/{slug}"))
+    endpoints(&state, &headers, &format!("{author}/{slug}")).await
 }
 
 /// The same for a model id without an author (a folder's name).
@@ -147,33 +147,34 @@ pub async fn openrouter_endpoints_unscoped(
     headers: HeaderMap,
     Path(slug): Path<String>,
 ) -> Response {
-    endpoints(&state, &headers, &slug)
+    endpoints(&state, &headers, &slug).await
 }
 
-fn endpoints(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
-    let result = (|| {
-        state.auth.authenticate(headers)?;
-        let model = state.registry.lookup(id)?;
-        Ok::<_, ApiError>(ImageModelEndpointsResponse {
-            id: id.to_string(),
-            endpoints: vec![ImageEndpoint {
-                allowed_passthrough_parameters: LOCAL_OPTION_KEYS
-                    .iter()
-                    .map(|s| s.to_string())
-                    .collect(),
-                pricing: vec![ImagePricingEntry::free_output_image()],
-                provider_name: "imago local engine".into(),
-                provider_slug: model.provider.slug().into(),
-                provider_tag: None,
-                supported_parameters: supported_parameters(&model.caps),
-                supports_streaming: true,
-            }],
-        })
-    })();
-    match result {
-        Ok(body) => Json(body).into_response(),
-        Err(err) => err.on(Surface::OpenRouter).into_response(),
+async fn endpoints(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
+    if let Err(err) = state.auth.authenticate(headers) {
+        return err.on(Surface::OpenRouter).into_response();
     }
+    let local = state.registry.get(id).map(|model| ImageEndpoint {
+        allowed_passthrough_parameters: LOCAL_OPTION_KEYS.iter().map(|s| s.to_string()).collect(),
+        pricing: vec![ImagePricingEntry::free_output_image()],
+        provider_name: "imago local engine".into(),
+        provider_slug: model.provider.slug().into(),
+        provider_tag: None,
+        supported_parameters: supported_parameters(&model.caps),
+        supports_streaming: true,
+    });
+    // router8: the upstream providers serving it.
+    let upstream = crate::providers::openrouter_endpoints(&state.registry, id).await;
+    if local.is_none() && upstream.is_empty() {
+        if let Err(err) = state.registry.lookup(id) {
+            return err.on(Surface::OpenRouter).into_response();
+        }
+    }
+    Json(ImageModelEndpointsResponse {
+        id: id.to_string(),
+        endpoints: local.into_iter().chain(upstream).collect(),
+    })
+    .into_response()
 }
 
 /// The models, OpenAI's way.

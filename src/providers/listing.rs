@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::registry::Registry;
 use super::upstream::Upstream;
 use crate::api::wire::openai::Model;
-use crate::api::wire::openrouter::{ImageModelArchitecture, ImageModelListItem};
+use crate::api::wire::openrouter::{ImageEndpoint, ImageModelArchitecture, ImageModelListItem};
 use crate::config::UpstreamKind;
 
 const FRESH_FOR: Duration = Duration::from_secs(60);
@@ -143,6 +143,44 @@ pub async fn openai_models(registry: &Registry) -> Vec<Model> {
                 .and_then(|item| item.get("created").and_then(Value::as_u64))
                 .unwrap_or(0);
             Model::new(id, created, registry.upstreams()[first].slug())
+        })
+        .collect()
+}
+
+/// The endpoints of the upstreams serving `id` (empty when none does), with the capabilities
+/// their listings give (none for a dead upstream or an openai-kind one). Pricing is the upstream's
+/// business: none is claimed.
+pub async fn openrouter_endpoints(registry: &Registry, id: &str) -> Vec<ImageEndpoint> {
+    if !registry.upstreams().iter().any(|u| u.serves(id)) {
+        return Vec::new();
+    }
+    let listings = listings(registry).await;
+    registry
+        .upstreams()
+        .iter()
+        .zip(&listings)
+        .filter(|(upstream, _)| upstream.serves(id))
+        .map(|(upstream, items)| {
+            let supported_parameters = items
+                .as_deref()
+                .filter(|_| upstream.kind() == UpstreamKind::OpenRouter)
+                .and_then(|items| {
+                    items
+                        .iter()
+                        .find(|item| item.get("id").and_then(Value::as_str) == Some(id))
+                })
+                .and_then(|item| item.get("supported_parameters").cloned())
+                .and_then(|p| serde_json::from_value(p).ok())
+                .unwrap_or_default();
+            ImageEndpoint {
+                allowed_passthrough_parameters: Vec::new(),
+                pricing: Vec::new(),
+                provider_name: format!("upstream provider {}", upstream.slug()),
+                provider_slug: upstream.slug().to_string(),
+                provider_tag: None,
+                supported_parameters,
+                supports_streaming: true,
+            }
         })
         .collect()
 }

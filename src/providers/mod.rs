@@ -9,7 +9,7 @@ mod sse_parse;
 mod translate;
 mod upstream;
 
-pub use listing::{openai_models, openrouter_items};
+pub use listing::{openai_models, openrouter_endpoints, openrouter_items};
 pub use local::LocalProvider;
 pub use registry::{Hop, Registry, ServedModel};
 pub use relay::{dispatch, PROVIDER_HEADER};
