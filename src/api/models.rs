@@ -16,7 +16,7 @@ use super::AppState;
 use crate::domain::caps::ModelCaps;
 use crate::domain::request::LOCAL_OPTION_KEYS;
 use crate::domain::size::resolution_side;
-use crate::error::{ApiError, Surface};
+use crate::error::Surface;
 use crate::providers::ServedModel;
 
 /// What a model accepts, as OpenRouter's capability descriptors.

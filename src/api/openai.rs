@@ -54,29 +54,32 @@ async fn handle(
     let caller = state.auth.authenticate(headers)?;
     let raw = body.as_ref().ok().cloned();
     let request: ImageGenerateRequest = parse_json(body, state.limits.max_body_bytes)?;
-    // router8: a model some upstream serves goes through the providers in order (no routing
-    // preferences on this API: local first, then the providers file's order, with fallback).
-    if let Some(model) = request
-        .model
-        .as_deref()
-        .filter(|m| state.registry.get(m).is_none())
-    {
+    // router8: a named model goes through its providers in order (no routing preferences on this
+    // API: local first, then the providers file's order, with fallback).
+    if let Some(model) = request.model.as_deref() {
         let hops = state.registry.plan(model, None)?;
         caller.check_model(model)?;
         let raw: serde_json::Value = raw
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
-        return crate::providers::dispatch(&hops, Surface::OpenAi, &raw, || async {
-            Err(ApiError::Internal(
-                "no local hop for an upstream-only model".into(),
-            ))
+        return crate::providers::dispatch(&hops, Surface::OpenAi, &raw, || {
+            local(state, &caller, &request)
         })
         .await;
     }
+    local(state, &caller, &request).await
+}
+
+/// The local engine's answer.
+async fn local(
+    state: &AppState,
+    caller: &crate::api::auth::Caller,
+    request: &ImageGenerateRequest,
+) -> Result<Response, ApiError> {
     // `model` is optional in OpenAI's API: without one, the first served model answers.
     let served = state.registry.lookup_or_first(request.model.as_deref())?;
     caller.check_model(&served.caps.id)?;
-    let validated = validate_openai(&request, &served.caps).map_err(ApiError::from)?;
+    let validated = validate_openai(request, &served.caps).map_err(ApiError::from)?;
     tracing::info!(caller = caller.name(), "generate (openai)");
     respond(state, validated, Operation::Generation).await
 }

@@ -17,10 +17,13 @@ use crate::config::UpstreamKind;
 const FRESH_FOR: Duration = Duration::from_secs(60);
 const FAILED_FOR: Duration = Duration::from_secs(10);
 
-/// Each upstream's last listing (`None`: the fetch failed), by slug.
+/// An upstream's listing items as fetched at an instant (`None`: the fetch failed).
+type Fetched = (Instant, Option<Vec<Value>>);
+
+/// Each upstream's last listing, by slug.
 #[derive(Default)]
 pub struct ListingCache {
-    entries: Mutex<HashMap<String, (Instant, Option<Vec<Value>>)>>,
+    entries: Mutex<HashMap<String, Fetched>>,
 }
 
 impl ListingCache {
@@ -62,7 +65,7 @@ async fn listings(registry: &Registry) -> Vec<Option<Vec<Value>>> {
 }
 
 /// The upstream-only models (ids that no local model has), each once, in the providers file's order.
-fn upstream_ids<'a>(registry: &'a Registry) -> Vec<(&'a str, usize)> {
+fn upstream_ids(registry: &Registry) -> Vec<(&str, usize)> {
     let mut ids: Vec<(&str, usize)> = Vec::new();
     for (i, upstream) in registry.upstreams().iter().enumerate() {
         for id in &upstream.config().models {
