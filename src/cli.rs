@@ -162,6 +162,11 @@ pub struct ServeArgs {
     /// (408 beyond), and for a response write to progress (the connection is closed beyond).
     #[arg(long, env = "IMAGO_IDLE_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
     pub idle_timeout: std::time::Duration,
+
+    /// Upstream providers, a TOML file of `[[providers]]` (slug, kind = "openrouter" | "openai",
+    /// base_url, api_key_env, models): requests for their models are routed there, with fallback.
+    #[arg(long, env = "IMAGO_PROVIDERS_FILE")]
+    pub providers_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

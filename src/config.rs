@@ -166,6 +166,8 @@ pub struct ServerConfig {
     pub playground: bool,
     /// Batching, request timeout and pixel limit of the engine.
     pub scheduling: crate::engine::Scheduling,
+    /// Upstream providers from `--providers-file`.
+    pub upstreams: Vec<UpstreamConfig>,
 }
 
 /// `--preview-decoder [MODEL_ID=]SOURCE`.
@@ -251,6 +253,184 @@ pub fn check_unique_ids(models: &[ModelToLoad]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Upstream providers (`--providers-file`)
+// ---------------------------------------------------------------------------------------------
+
+/// The API an upstream speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// OpenRouter's Images API (`POST {base_url}/images`, `GET {base_url}/images/models`): OpenRouter
+    /// itself or another imago (`base_url = "http://host:port/api/v1"`).
+    OpenRouter,
+    /// OpenAI's Images API (`POST {base_url}/images/generations`, `GET {base_url}/models`).
+    OpenAi,
+}
+
+/// One upstream provider, its key already read from the environment.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamConfig {
+    /// The name clients use in `provider.order/only/ignore/options`.
+    pub slug: String,
+    pub kind: UpstreamKind,
+    /// Without a trailing slash; the router appends fixed paths, never anything from a request.
+    pub base_url: String,
+    /// Sent as `Authorization: Bearer KEY`; `None` when the file names no `api_key_env`.
+    pub api_key: Option<Secret>,
+    /// The model ids it serves (requests for them may go there).
+    pub models: Vec<String>,
+    /// openrouter kind: the slug under which the upstream reads `provider.options.<this slug>`
+    /// (`local` for an imago upstream, the default).
+    pub options_slug: String,
+    /// Longest wait for a response or for the next bytes of one (a timeout is an upstream failure).
+    pub timeout: std::time::Duration,
+}
+
+/// Seconds an upstream may stay silent before it counts as failed.
+pub const DEFAULT_UPSTREAM_TIMEOUT_S: u64 = 300;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProvidersFile {
+    #[serde(default)]
+    providers: Vec<ProviderEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderEntry {
+    slug: String,
+    kind: UpstreamKind,
+    base_url: String,
+    #[serde(default)]
+    api_key_env: Option<String>,
+    models: Vec<String>,
+    #[serde(default)]
+    options_slug: Option<String>,
+    #[serde(default)]
+    timeout_s: Option<u64>,
+}
+
+/// Reads `--providers-file`, taking each key from the variable its `api_key_env` names:
+/// ```toml
+/// [[providers]]
+/// slug = "lab-gpu"
+/// kind = "openrouter"                  # or "openai"
+/// base_url = "http://gpu-box:8080/api/v1"
+/// api_key_env = "LAB_GPU_KEY"          # optional; the key never sits in the file
+/// models = ["stabilityai/sdxl-turbo"]
+/// ```
+pub fn read_providers_file(path: &Path) -> Result<Vec<UpstreamConfig>> {
+    read_providers_file_with(path, |name| std::env::var(name).ok())
+}
+
+/// As [`read_providers_file`], with the environment given (for tests).
+pub fn read_providers_file_with(
+    path: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<UpstreamConfig>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --providers-file {}", path.display()))?;
+    let file: ProvidersFile = toml::from_str(&text)
+        .with_context(|| format!("invalid --providers-file {}", path.display()))?;
+    let mut upstreams: Vec<UpstreamConfig> = Vec::new();
+    for (i, entry) in file.providers.into_iter().enumerate() {
+        let at = format!("--providers-file {}: providers[{i}]", path.display());
+        let slug = entry.slug.trim().to_string();
+        if slug.is_empty() || slug.eq_ignore_ascii_case("local") {
+            bail!(
+                "{at}: slug {:?} is empty or the reserved \"local\"",
+                entry.slug
+            );
+        }
+        if upstreams.iter().any(|u| u.slug.eq_ignore_ascii_case(&slug)) {
+            bail!("{at}: slug {slug:?} is used twice");
+        }
+        let base_url = entry.base_url.trim().trim_end_matches('/').to_string();
+        let parsed = reqwest::Url::parse(&base_url)
+            .with_context(|| format!("{at} ({slug}): base_url {base_url:?} is not a URL"))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            bail!("{at} ({slug}): base_url {base_url:?} must be an http(s) URL with a host");
+        }
+        if entry.models.is_empty() || entry.models.iter().any(|m| m.trim().is_empty()) {
+            bail!("{at} ({slug}): models must list at least one non-empty model id");
+        }
+        let api_key = match entry.api_key_env {
+            None => None,
+            Some(name) => match env(&name) {
+                Some(key) if !key.trim().is_empty() => Some(Secret(key)),
+                _ => bail!(
+                    "{at} ({slug}): the environment variable {name} (its api_key_env) is not set or empty"
+                ),
+            },
+        };
+        upstreams.push(UpstreamConfig {
+            slug,
+            kind: entry.kind,
+            base_url,
+            api_key,
+            models: entry.models,
+            options_slug: entry.options_slug.unwrap_or_else(|| "local".into()),
+            timeout: std::time::Duration::from_secs(
+                entry.timeout_s.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_S).max(1),
+            ),
+        });
+    }
+    Ok(upstreams)
+}
+
+#[cfg(test)]
+mod providers_file_tests {
+    use super::*;
+
+    fn read(text: &str, env: &[(&str, &str)]) -> Result<Vec<UpstreamConfig>> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("providers.toml");
+        std::fs::write(&path, text).unwrap();
+        read_providers_file_with(&path, |name| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    const LAB: &str = "[[providers]]\nslug = \"lab\"\nkind = \"openrouter\"\n\
+        base_url = \"http://127.0.0.1:9/api/v1/\"\napi_key_env = \"LAB_KEY\"\nmodels = [\"m\"]\n";
+
+    #[test]
+    fn keys_come_from_the_environment_and_never_print() {
+        let up = read(LAB, &[("LAB_KEY", "sk-lab")]).unwrap();
+        assert_eq!(up.len(), 1);
+        assert_eq!(up[0].base_url, "http://127.0.0.1:9/api/v1");
+        assert_eq!(up[0].api_key, Some(Secret("sk-lab".into())));
+        assert_eq!(up[0].options_slug, "local");
+        assert_eq!(up[0].kind, UpstreamKind::OpenRouter);
+        assert!(!format!("{up:?}").contains("sk-lab"));
+        let err = read(LAB, &[]).unwrap_err().to_string();
+        assert!(err.contains("LAB_KEY") && err.contains("lab"), "{err}");
+    }
+
+    #[test]
+    fn bad_entries_are_refused_by_name() {
+        let cases = [
+            (LAB.replace("\"lab\"", "\"local\""), "local"),
+            (
+                LAB.replace("http://127.0.0.1:9/api/v1/", "ftp://x/"),
+                "ftp://x",
+            ),
+            (LAB.replace("[\"m\"]", "[]"), "models"),
+            (LAB.replace("openrouter", "anthropic"), "anthropic"),
+            (format!("{LAB}{LAB}"), "twice"),
+            (LAB.replace("models", "api_key = \"sk\"\nmodels"), "api_key"),
+        ];
+        for (text, needle) in cases {
+            let err = format!("{:#}", read(&text, &[("LAB_KEY", "k")]).unwrap_err());
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use crate::api::{build_app, AppInner, AppState};
 use crate::config::ServerConfig;
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::Metrics;
-use crate::providers::{LocalProvider, Provider, Registry, ServedModel};
+use crate::providers::{LocalProvider, Provider, Registry, ServedModel, Upstream};
 use imago_models::pipeline::LoadOptions;
 
 /// Runs the server with `config` until a shutdown signal.
@@ -36,7 +36,18 @@ pub async fn run(config: ServerConfig) -> Result<()> {
                 provider: local.clone(),
             })
             .collect(),
+    )
+    .with_upstreams(
+        config
+            .upstreams
+            .iter()
+            .cloned()
+            .map(Upstream::new)
+            .collect::<Result<Vec<_>>>()?,
     );
+    for upstream in registry.upstreams() {
+        tracing::info!(provider = upstream.slug(), models = ?upstream.config().models, "upstream provider");
+    }
     let auth = Auth::new(config.keys.clone());
     if auth.is_open() {
         tracing::warn!(

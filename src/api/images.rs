@@ -55,11 +55,42 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = state.auth.authenticate(headers)?;
+    // Kept as JSON for an upstream provider (the typed parse below checks it first).
+    let raw = body.as_ref().ok().cloned();
     let request: ImageGenerationRequest = parse_json(body, state.limits.max_body_bytes)?;
-    let served = state.registry.lookup(&request.model)?;
+    // router8: the providers serving the model, in routing order (404 / 400 when none).
+    let hops = state
+        .registry
+        .plan(&request.model, request.provider.as_ref())?;
     caller.check_model(&request.model)?;
-    let validated = validate_openrouter(&request, &served.caps).map_err(ApiError::from)?;
-    generate::admit(state, &caller, &validated)?;
+    let raw: serde_json::Value = raw
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    // Upstream-only routes are charged to the key here; the local path charges after validation.
+    if !hops
+        .iter()
+        .any(|hop| matches!(hop, crate::providers::Hop::Local))
+    {
+        let images = request.n.unwrap_or(1).max(1) as u64;
+        state
+            .auth
+            .admit(&caller, images, std::time::Instant::now())?;
+    }
+    crate::providers::dispatch(&hops, Surface::OpenRouter, &raw, || {
+        local(state, &caller, &request)
+    })
+    .await
+}
+
+/// The local engine's answer.
+async fn local(
+    state: &AppState,
+    caller: &crate::api::auth::Caller,
+    request: &ImageGenerationRequest,
+) -> Result<Response, ApiError> {
+    let served = state.registry.lookup(&request.model)?;
+    let validated = validate_openrouter(request, &served.caps).map_err(ApiError::from)?;
+    generate::admit(state, caller, &validated)?;
     tracing::info!(
         caller = caller.name(),
         model = %validated.model,

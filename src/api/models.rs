@@ -16,7 +16,7 @@ use super::AppState;
 use crate::domain::caps::ModelCaps;
 use crate::domain::request::{LOCAL_OPTION_KEYS, MAX_SEQUENCE_LENGTH};
 use crate::domain::size::resolution_side;
-use crate::error::{ApiError, Surface};
+use crate::error::Surface;
 use crate::providers::ServedModel;
 use imago_models::specs::Family;
 
@@ -134,10 +134,10 @@ pub async fn openrouter_list(State(state): State<AppState>, headers: HeaderMap) 
     if let Err(err) = state.auth.authenticate(&headers) {
         return err.on(Surface::OpenRouter).into_response();
     }
-    Json(ImageModelsListResponse {
-        data: state.registry.models().iter().map(list_item).collect(),
-    })
-    .into_response()
+    let mut data: Vec<ImageModelListItem> = state.registry.models().iter().map(list_item).collect();
+    // router8: the upstream providers' models.
+    data.extend(crate::providers::openrouter_items(&state.registry).await);
+    Json(ImageModelsListResponse { data }).into_response()
 }
 
 /// The providers serving one model (`author/slug`).
@@ -150,7 +150,7 @@ pub async fn openrouter_endpoints(
     headers: HeaderMap,
     Path((author, slug)): Path<(String, String)>,
 ) -> Response {
-    endpoints(&state, &headers, &format!("{author}/{slug}"))
+    endpoints(&state, &headers, &format!("{author}/{slug}")).await
 }
 
 /// The same for a model id without an author (a folder's name).
@@ -159,7 +159,7 @@ pub async fn openrouter_endpoints_unscoped(
     headers: HeaderMap,
     Path(slug): Path<String>,
 ) -> Response {
-    endpoints(&state, &headers, &slug)
+    endpoints(&state, &headers, &slug).await
 }
 
 /// The `provider.options.local` keys this model takes (FLUX: no negative prompt or scheduler, but a
@@ -177,27 +177,31 @@ fn local_options(caps: &ModelCaps) -> Vec<String> {
         .collect()
 }
 
-fn endpoints(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
-    let result = (|| {
-        state.auth.authenticate(headers)?;
-        let model = state.registry.lookup(id)?;
-        Ok::<_, ApiError>(ImageModelEndpointsResponse {
-            id: id.to_string(),
-            endpoints: vec![ImageEndpoint {
-                allowed_passthrough_parameters: local_options(&model.caps),
-                pricing: vec![ImagePricingEntry::free_output_image()],
-                provider_name: "imago local engine".into(),
-                provider_slug: model.provider.slug().into(),
-                provider_tag: None,
-                supported_parameters: supported_parameters(&model.caps),
-                supports_streaming: true,
-            }],
-        })
-    })();
-    match result {
-        Ok(body) => Json(body).into_response(),
-        Err(err) => err.on(Surface::OpenRouter).into_response(),
+async fn endpoints(state: &AppState, headers: &HeaderMap, id: &str) -> Response {
+    if let Err(err) = state.auth.authenticate(headers) {
+        return err.on(Surface::OpenRouter).into_response();
     }
+    let local = state.registry.get(id).map(|model| ImageEndpoint {
+        allowed_passthrough_parameters: local_options(&model.caps),
+        pricing: vec![ImagePricingEntry::free_output_image()],
+        provider_name: "imago local engine".into(),
+        provider_slug: model.provider.slug().into(),
+        provider_tag: None,
+        supported_parameters: supported_parameters(&model.caps),
+        supports_streaming: true,
+    });
+    // router8: the upstream providers serving it.
+    let upstream = crate::providers::openrouter_endpoints(&state.registry, id).await;
+    if local.is_none() && upstream.is_empty() {
+        if let Err(err) = state.registry.lookup(id) {
+            return err.on(Surface::OpenRouter).into_response();
+        }
+    }
+    Json(ImageModelEndpointsResponse {
+        id: id.to_string(),
+        endpoints: local.into_iter().chain(upstream).collect(),
+    })
+    .into_response()
 }
 
 /// The models, OpenAI's way.
@@ -208,11 +212,13 @@ pub async fn openai_list(State(state): State<AppState>, headers: HeaderMap) -> R
     if let Err(err) = state.auth.authenticate(&headers) {
         return err.on(Surface::OpenAi).into_response();
     }
-    let data = state
+    let mut data: Vec<Model> = state
         .registry
         .models()
         .iter()
         .map(|m| Model::new(m.caps.id.clone(), m.caps.created, "imago"))
         .collect();
+    // router8: the upstream providers' models.
+    data.extend(crate::providers::openai_models(&state.registry).await);
     Json(ModelList::new(data)).into_response()
 }

@@ -54,12 +54,45 @@ async fn handle(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let caller = state.auth.authenticate(headers)?;
+    let raw = body.as_ref().ok().cloned();
     let request: ImageGenerateRequest = parse_json(body, state.limits.max_body_bytes)?;
+    // router8: a named model goes through its providers in order (no routing preferences on this
+    // API: local first, then the providers file's order, with fallback).
+    if let Some(model) = request.model.as_deref() {
+        let hops = state.registry.plan(model, None)?;
+        caller.check_model(model)?;
+        let raw: serde_json::Value = raw
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default();
+        // Upstream-only routes are charged to the key here; the local path charges after validation.
+        if !hops
+            .iter()
+            .any(|hop| matches!(hop, crate::providers::Hop::Local))
+        {
+            let images = request.n.unwrap_or(1).max(1) as u64;
+            state
+                .auth
+                .admit(&caller, images, std::time::Instant::now())?;
+        }
+        return crate::providers::dispatch(&hops, Surface::OpenAi, &raw, || {
+            local(state, &caller, &request)
+        })
+        .await;
+    }
+    local(state, &caller, &request).await
+}
+
+/// The local engine's answer.
+async fn local(
+    state: &AppState,
+    caller: &crate::api::auth::Caller,
+    request: &ImageGenerateRequest,
+) -> Result<Response, ApiError> {
     // `model` is optional in OpenAI's API: without one, the first served model answers.
     let served = state.registry.lookup_or_first(request.model.as_deref())?;
     caller.check_model(&served.caps.id)?;
-    let validated = validate_openai(&request, &served.caps).map_err(ApiError::from)?;
-    generate::admit(state, &caller, &validated)?;
+    let validated = validate_openai(request, &served.caps).map_err(ApiError::from)?;
+    generate::admit(state, caller, &validated)?;
     tracing::info!(caller = caller.name(), "generate (openai)");
     respond(state, validated, Operation::Generation).await
 }

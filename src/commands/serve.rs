@@ -49,7 +49,12 @@ pub fn server_config(args: ServeArgs) -> Result<ServerConfig> {
     if let Some(path) = &args.api_keys_file {
         keys.extend(config::read_keys_file(path)?);
     }
+    let upstreams = match &args.providers_file {
+        Some(path) => config::read_providers_file(path)?,
+        None => Vec::new(),
+    };
     Ok(ServerConfig {
+        upstreams,
         addr: SocketAddr::new(args.host, args.port),
         models,
         keys,

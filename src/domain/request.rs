@@ -411,46 +411,12 @@ struct LocalOptions {
     max_sequence_length: Option<usize>,
 }
 
-/// Routing must leave `local` (the only provider) usable; returns the local options.
+/// The local provider's options. Routing (`only`, `ignore`, `order`, `allow_fallbacks`, `sort`) was
+/// decided before validation by `providers::routing`, which chose `local` for this request.
 fn check_provider(
     provider: &openrouter::ImageGenerationProviderPreferences,
     caps: &ModelCaps,
 ) -> Result<LocalOptions, FieldError> {
-    let is_local = |slug: &String| slug.eq_ignore_ascii_case(LOCAL_PROVIDER);
-    if let Some(only) = &provider.only {
-        if !only.is_empty() && !only.iter().any(is_local) {
-            return Err(FieldError::new(
-                "provider.only",
-                format!(
-                    "this server has one provider, \"{LOCAL_PROVIDER}\", and {only:?} excludes it"
-                ),
-            ));
-        }
-    }
-    if let Some(ignore) = &provider.ignore {
-        if ignore.iter().any(is_local) {
-            return Err(FieldError::new(
-                "provider.ignore",
-                format!(
-                    "this server has one provider, \"{LOCAL_PROVIDER}\", and {ignore:?} ignores it"
-                ),
-            ));
-        }
-    }
-    if let Some(order) = &provider.order {
-        if provider.allow_fallbacks == Some(false)
-            && !order.is_empty()
-            && !order.iter().any(is_local)
-        {
-            return Err(FieldError::new(
-                "provider.order",
-                format!(
-                    "with allow_fallbacks false, {order:?} leaves no provider: this server has one, \"{LOCAL_PROVIDER}\""
-                ),
-            ));
-        }
-    }
-    // `sort` and `allow_fallbacks` are accepted: with one provider they change nothing.
     match provider
         .options
         .as_ref()
@@ -1382,21 +1348,6 @@ mod tests {
                 local(json!({"cfg": 3})),
                 "provider.options.local.cfg",
                 vec!["unknown option", "cfg", "steps"],
-            ),
-            (
-                json!({"provider": {"only": ["openai"]}}),
-                "provider.only",
-                vec!["local", "openai"],
-            ),
-            (
-                json!({"provider": {"ignore": ["local"]}}),
-                "provider.ignore",
-                vec!["local"],
-            ),
-            (
-                json!({"provider": {"order": ["openai"], "allow_fallbacks": false}}),
-                "provider.order",
-                vec!["local", "openai"],
             ),
             (
                 local(json!({"strength": 0.5})),

@@ -171,10 +171,27 @@ pub fn listening_url(line: &str) -> Option<String> {
 /// until `/health` answers. Contract with `imago serve`: once bound, it prints
 /// `listening on http://127.0.0.1:PORT` on stdout (the real port when `--port 0` is given).
 pub fn start_server(args: &[&str], api_key: Option<&str>) -> Server {
+    start_server_with_env(args, api_key, &[])
+}
+
+/// As [`start_server`], with `env` added to the server's environment and proxy variables removed
+/// (a router's requests to loopback upstreams must not go through a developer's proxy).
+pub fn start_server_with_env(args: &[&str], api_key: Option<&str>, env: &[(&str, &str)]) -> Server {
     let mut command = Command::new(env!("CARGO_BIN_EXE_imago"));
     command
         .args(["serve", "--host", "127.0.0.1", "--port", "0"])
-        .args(args);
+        .args(args)
+        .envs(env.iter().copied());
+    for name in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        command.env_remove(name);
+    }
     if let Some(key) = api_key {
         command.args(["--api-key", key]);
     }
