@@ -80,11 +80,16 @@ impl ApiError {
     /// A field path from serde: `aspect_ratio`, `provider.options`; `None` at the top level.
     fn serde_path(path: &serde_path_to_error::Path) -> Option<String> {
         let path = path.to_string();
-        (path != "." && !path.is_empty()).then_some(path)
+        (path != "." && path != "?" && !path.is_empty()).then_some(path)
     }
 
     /// A body serde refused: the field it was reading when that is known, else the whole body.
     pub fn from_json(err: serde_path_to_error::Error<serde_json::Error>) -> Self {
+        use serde_json::error::Category;
+        // Broken syntax is the body's fault wherever the parser was (the path is then `?`).
+        if matches!(err.inner().classify(), Category::Syntax | Category::Eof) {
+            return Self::InvalidBody(format!("the body is not valid JSON: {}", err.into_inner()));
+        }
         match Self::serde_path(err.path()) {
             Some(field) => Self::InvalidField {
                 field,

@@ -558,10 +558,19 @@ async fn malformed_and_oversized_requests_are_4xx_naming_the_problem() {
             ("not JSON", b"prompt=a+cat"),
             ("a JSON array", b"[1, 2, 3]"),
             ("empty body", b""),
+            ("a bare key", b"{bad"),
         ] {
             let reply = raw(path, body).await;
             assert_eq!(reply.status, 400, "{path} {what}: {}", reply.message());
             assert!(!reply.message().is_empty(), "{path} {what}");
+            // Broken syntax is named as such, not blamed on a field.
+            if what != "a JSON array" {
+                assert!(
+                    reply.message().contains("not valid JSON"),
+                    "{path} {what}: {}",
+                    reply.message()
+                );
+            }
         }
     }
     let huge_prompt = "a".repeat(32_001);
