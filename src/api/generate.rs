@@ -85,6 +85,26 @@ pub fn admit(
     state.auth.admit(caller, n, Instant::now())
 }
 
+/// A route with no local hop is charged to the caller's quota and rate here, before it is
+/// forwarded (`n` images as asked, 1 when absent); routes through the local engine are charged by
+/// [`admit`] once validated.
+pub fn admit_upstream(
+    state: &AppState,
+    caller: &Caller,
+    hops: &[crate::providers::Hop],
+    n: Option<i64>,
+) -> Result<(), ApiError> {
+    if hops
+        .iter()
+        .any(|hop| matches!(hop, crate::providers::Hop::Local))
+    {
+        return Ok(());
+    }
+    state
+        .auth
+        .admit(caller, n.unwrap_or(1).max(1) as u64, Instant::now())
+}
+
 /// Fetches/decodes the reference image (a client error when it is bad) and queues the job.
 pub async fn submit(state: &AppState, request: &ValidatedRequest) -> Result<Submitted, ApiError> {
     let served = state.registry.lookup(&request.model)?;

@@ -64,16 +64,7 @@ async fn handle(
         let raw: serde_json::Value = raw
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
-        // Upstream-only routes are charged to the key here; the local path charges after validation.
-        if !hops
-            .iter()
-            .any(|hop| matches!(hop, crate::providers::Hop::Local))
-        {
-            let images = request.n.unwrap_or(1).max(1) as u64;
-            state
-                .auth
-                .admit(&caller, images, std::time::Instant::now())?;
-        }
+        generate::admit_upstream(state, &caller, &hops, request.n)?;
         return crate::providers::dispatch(&hops, Surface::OpenAi, &raw, || {
             local(state, &caller, &request)
         })

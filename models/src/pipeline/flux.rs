@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use super::components::ComponentStore;
 use super::flux_loading::{load_transformer, load_vae};
 use super::image_io;
-use super::latents::{decode_with_vae, scale_latents};
+use super::latents::{decode_with_vae, encode_init_image};
 use super::observer::{StepObserver, StepProgress};
 use super::request::GenerationRequest;
 use super::{Generation, Timings};
@@ -339,20 +339,16 @@ impl FluxPipeline {
             }
             Some(init) => {
                 let first_step = scheduler.img2img_start_index(init.strength)?;
-                let image =
-                    image_io::preprocess(&init.image, request.width, request.height, &self.device)?;
-                let posterior = self.vae.encode(&image.to_dtype(self.vae_dtype)?)?;
-                let sample_noise =
-                    rng.randn_tensor(posterior.mean.dims(), &self.device, DType::F32)?;
-                let encoded = posterior
-                    .sample(&sample_noise.to_dtype(self.vae_dtype)?)?
-                    .to_dtype(DType::F32)?;
-                let image_latents = scale_latents(&self.vae, &self.device, &encoded)?;
-                let image_latents = if n > 1 {
-                    image_latents.repeat((n, 1, 1, 1))?
-                } else {
-                    image_latents
-                };
+                let image_latents = encode_init_image(
+                    &self.vae,
+                    self.vae_dtype,
+                    &self.device,
+                    &init.image,
+                    request.width,
+                    request.height,
+                    n,
+                    &mut rng,
+                )?;
                 let noise = rng.randn_tensor(&shape, &self.device, DType::F32)?;
                 observer.on_noise(&noise);
                 (

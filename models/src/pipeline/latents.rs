@@ -3,8 +3,39 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::image_io;
+use image::RgbImage;
+
 use crate::error::Result;
+use crate::rng::TorchGenerator;
 use crate::vae::AutoencoderKL;
+
+/// diffusers' image-to-image start: the input image resized and normalised, encoded by the VAE, a
+/// posterior sample drawn from `rng` (the generator's first draw), scaled into the denoiser's
+/// latent space and repeated for the `batch` (the image is encoded once).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn encode_init_image(
+    vae: &AutoencoderKL,
+    vae_dtype: DType,
+    device: &Device,
+    image: &RgbImage,
+    width: usize,
+    height: usize,
+    batch: usize,
+    rng: &mut TorchGenerator,
+) -> Result<Tensor> {
+    let image = image_io::preprocess(image, width, height, device)?;
+    let posterior = vae.encode(&image.to_dtype(vae_dtype)?)?;
+    let sample_noise = rng.randn_tensor(posterior.mean.dims(), device, DType::F32)?;
+    let encoded = posterior
+        .sample(&sample_noise.to_dtype(vae_dtype)?)?
+        .to_dtype(DType::F32)?;
+    let latents = scale_latents(vae, device, &encoded)?;
+    Ok(if batch > 1 {
+        latents.repeat((batch, 1, 1, 1))?
+    } else {
+        latents
+    })
+}
 
 /// VAE latents to the denoiser's latent space: `(z - mean) * scaling / std` when the VAE config
 /// has per-channel statistics, `(z - shift) * scaling` otherwise (FLUX's shift_factor).

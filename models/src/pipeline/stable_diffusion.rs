@@ -7,7 +7,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::components::ComponentStore;
 use super::image_io;
-use super::latents::{decode_with_vae, scale_latents};
+use super::latents::{decode_with_vae, encode_init_image};
 use super::observer::{StepObserver, StepProgress};
 use super::request::{img2img_steps, GenerationRequest};
 use super::{Generation, Timings};
@@ -408,20 +408,16 @@ impl StableDiffusionPipeline {
             Some(init) => {
                 let run = img2img_steps(request.steps, init.strength);
                 let t_start = (request.steps - run) * scheduler.order();
-                let image =
-                    image_io::preprocess(&init.image, request.width, request.height, &self.device)?;
-                let posterior = self.vae.encode(&image.to_dtype(self.vae_dtype)?)?;
-                let sample_noise =
-                    rng.randn_tensor(posterior.mean.dims(), &self.device, DType::F32)?;
-                let encoded = posterior
-                    .sample(&sample_noise.to_dtype(self.vae_dtype)?)?
-                    .to_dtype(DType::F32)?;
-                let init_latents = scale_latents(&self.vae, &self.device, &encoded)?;
-                let init_latents = if n > 1 {
-                    init_latents.repeat((n, 1, 1, 1))?
-                } else {
-                    init_latents
-                };
+                let init_latents = encode_init_image(
+                    &self.vae,
+                    self.vae_dtype,
+                    &self.device,
+                    &init.image,
+                    request.width,
+                    request.height,
+                    n,
+                    &mut rng,
+                )?;
                 let noise = rng.randn_tensor(init_latents.dims(), &self.device, DType::F32)?;
                 observer.on_noise(&noise);
                 (
