@@ -5,6 +5,8 @@
 //! process (its memory, its flags, its logs) spawn `imago serve`; the others run in process.
 #[path = "common/e2e.rs"]
 mod e2e;
+#[path = "common/png_bomb.rs"]
+mod png_bomb;
 #[path = "common/server.rs"]
 mod server;
 
@@ -196,84 +198,8 @@ fn memory_of(pid: u32) -> (u64, u64) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// A PNG decompression bomb
+// A PNG decompression bomb (tests/common/png_bomb.rs)
 // ------------------------------------------------------------------------------------------------
-
-/// A valid 1-bit grayscale PNG of zeros whose IDAT is a hand-written deflate stream of 258-byte
-/// back-references: 30000x30000 is ~0.7 MB and would decode to 900 MP (2.7 GB as RGB).
-fn zero_png(width: u32, height: u32) -> Vec<u8> {
-    struct Bits {
-        out: Vec<u8>,
-        acc: u64,
-        count: u32,
-    }
-    impl Bits {
-        fn put(&mut self, value: u64, len: u32) {
-            self.acc |= value << self.count;
-            self.count += len;
-            while self.count >= 8 {
-                self.out.push(self.acc as u8);
-                self.acc >>= 8;
-                self.count -= 8;
-            }
-        }
-        /// A Huffman code, most significant bit first.
-        fn code(&mut self, code: u64, len: u32) {
-            for i in (0..len).rev() {
-                self.put((code >> i) & 1, 1);
-            }
-        }
-    }
-    let raw_len = (1 + u64::from(width.div_ceil(8))) * u64::from(height);
-    let mut bits = Bits {
-        out: Vec::new(),
-        acc: 0,
-        count: 0,
-    };
-    bits.put(1, 1); // last block
-    bits.put(1, 2); // fixed Huffman codes
-    bits.code(0x30, 8); // literal 0
-    let mut remaining = raw_len - 1;
-    while remaining >= 258 {
-        bits.code(0xc5, 8); // length 258
-        bits.code(0, 5); // distance 1
-        remaining -= 258;
-    }
-    for _ in 0..remaining {
-        bits.code(0x30, 8);
-    }
-    bits.code(0, 7); // end of block
-    if bits.count > 0 {
-        bits.out.push(bits.acc as u8);
-    }
-    let mut zlib = vec![0x78, 0x01];
-    zlib.extend(bits.out);
-    zlib.extend(((((raw_len % 65521) as u32) << 16) | 1).to_be_bytes());
-    let mut ihdr = Vec::new();
-    ihdr.extend(width.to_be_bytes());
-    ihdr.extend(height.to_be_bytes());
-    ihdr.extend([1, 0, 0, 0, 0]);
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    for (kind, data) in [(b"IHDR", &ihdr), (b"IDAT", &zlib), (b"IEND", &Vec::new())] {
-        png.extend((data.len() as u32).to_be_bytes());
-        let start = png.len();
-        png.extend(kind);
-        png.extend(data);
-        let mut crc = !0u32;
-        for &byte in &png[start..] {
-            crc ^= u32::from(byte);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xedb8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        png.extend((!crc).to_be_bytes());
-    }
-    png
-}
 
 fn data_url(bytes: &[u8], media_type: &str) -> String {
     format!(
@@ -293,7 +219,7 @@ fn with_reference(url: &str) -> Value {
 fn a_30000x30000_png_bomb_is_refused_fast_without_memory_growth() {
     let server = e2e::start_server(&["--model", TINY], None);
     let addr = addr_of(&server.base_url);
-    let bomb = zero_png(30_000, 30_000);
+    let bomb = png_bomb::zero_png(30_000, 30_000);
     assert!(bomb.len() < 1_000_000, "bomb is {} bytes", bomb.len());
     let body = with_reference(&data_url(&bomb, "image/png"));
     // Warm the server up on the same path without a bomb (a first request allocates buffers).

@@ -1,8 +1,11 @@
 //! The surface-independent core of a generation: reference loading, the engine job, encoding.
 //! `/api/v1/images` and `/v1/images/generations` only translate to and from their wire shapes.
+use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::Response;
 use image::RgbImage;
 use imago_models::pipeline::Timings;
 
@@ -12,10 +15,11 @@ use super::AppState;
 use crate::domain::request::{OutputFormat, ReferenceSource, ValidatedRequest};
 use crate::domain::seed::random_seed;
 use crate::engine::{EngineError, JobEvent, JobHandle, JobOutput};
-use crate::error::ApiError;
+use crate::error::{ApiError, Surface};
 use crate::imaging::{self, ImageFormat, ReferenceInput};
-use crate::providers::Provider;
+use crate::providers::{Hop, Provider};
 use axum::response::sse::Event;
+use serde_json::Value;
 
 /// One encoded output image.
 pub struct EncodedImage {
@@ -85,24 +89,36 @@ pub fn admit(
     state.auth.admit(caller, n, Instant::now())
 }
 
-/// A route with no local hop is charged to the caller's quota and rate here, before it is
-/// forwarded (`n` images as asked, 1 when absent); routes through the local engine are charged by
-/// [`admit`] once validated.
-pub fn admit_upstream(
+/// Sends a request along its planned providers: the local engine through `local`, upstreams with
+/// the body as the client sent it (parsed only when an upstream is among the hops). A route with
+/// no local hop is charged to the caller's quota and rate here, before it is forwarded (`n`
+/// images as asked, 1 when absent); the local path is charged by [`admit`] once validated.
+pub async fn route<F, Fut>(
     state: &AppState,
     caller: &Caller,
-    hops: &[crate::providers::Hop],
+    hops: &[Hop],
+    surface: Surface,
+    raw_body: Option<Bytes>,
     n: Option<i64>,
-) -> Result<(), ApiError> {
-    if hops
-        .iter()
-        .any(|hop| matches!(hop, crate::providers::Hop::Local))
-    {
-        return Ok(());
+    local: F,
+) -> Result<Response, ApiError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Response, ApiError>>,
+{
+    if !hops.iter().any(|hop| matches!(hop, Hop::Local)) {
+        state
+            .auth
+            .admit(caller, n.unwrap_or(1).max(1) as u64, Instant::now())?;
     }
-    state
-        .auth
-        .admit(caller, n.unwrap_or(1).max(1) as u64, Instant::now())
+    let raw: Value = if hops.iter().all(|hop| matches!(hop, Hop::Local)) {
+        Value::Null
+    } else {
+        raw_body
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    };
+    crate::providers::dispatch(hops, surface, &raw, local).await
 }
 
 /// Fetches/decodes the reference image (a client error when it is bad) and queues the job.

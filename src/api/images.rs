@@ -63,13 +63,15 @@ async fn handle(
         .registry
         .plan(&request.model, request.provider.as_ref())?;
     caller.check_model(&request.model)?;
-    let raw: serde_json::Value = raw
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
-    generate::admit_upstream(state, &caller, &hops, request.n)?;
-    crate::providers::dispatch(&hops, Surface::OpenRouter, &raw, || {
-        local(state, &caller, &request)
-    })
+    generate::route(
+        state,
+        &caller,
+        &hops,
+        Surface::OpenRouter,
+        raw,
+        request.n,
+        || local(state, &caller, &request),
+    )
     .await
 }
 

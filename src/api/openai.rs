@@ -61,13 +61,15 @@ async fn handle(
     if let Some(model) = request.model.as_deref() {
         let hops = state.registry.plan(model, None)?;
         caller.check_model(model)?;
-        let raw: serde_json::Value = raw
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        generate::admit_upstream(state, &caller, &hops, request.n)?;
-        return crate::providers::dispatch(&hops, Surface::OpenAi, &raw, || {
-            local(state, &caller, &request)
-        })
+        return generate::route(
+            state,
+            &caller,
+            &hops,
+            Surface::OpenAi,
+            raw,
+            request.n,
+            || local(state, &caller, &request),
+        )
         .await;
     }
     local(state, &caller, &request).await
