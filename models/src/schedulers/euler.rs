@@ -1,8 +1,8 @@
 //! diffusers' `EulerDiscreteScheduler` (Karras et al. 2022, algorithm 2) without churn.
 use candle_core::Tensor;
 
-use super::config::{EulerParams, FinalSigmas, PredictionType, TimestepSpacing};
-use super::noise_schedule::{alphas_cumprod, train_sigmas};
+use super::config::{EulerParams, FinalSigmas, PredictionType};
+use super::noise_schedule::{alphas_cumprod, init_noise_sigma, train_sigmas};
 use super::spacing::{euler_timesteps, karras_sigmas, log_f32, np_interp_unit_grid, sigma_to_t};
 use super::tensor_ops::{div, mul, to_f32};
 use super::StepOutput;
@@ -50,11 +50,7 @@ impl EulerDiscrete {
             .map(|&s| s as f32)
             .chain(std::iter::once(sigma_last))
             .collect();
-        let max_sigma = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let init_noise_sigma = match common.timestep_spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
-            TimestepSpacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
-        };
+        let init_noise_sigma = init_noise_sigma(&sigmas, common.timestep_spacing);
         Self {
             prediction: common.prediction_type,
             // diffusers hands the UNet float32 timesteps.

@@ -3,9 +3,9 @@
 //! where `sigma_up` is 0), so the RNG stream stays in step with diffusers.
 use candle_core::Tensor;
 
-use super::config::{CommonParams, PredictionType, TimestepSpacing};
+use super::config::{CommonParams, PredictionType};
 use super::euler::{add_noise_by_sigma, predict_original, scale_by_sigma};
-use super::noise_schedule::{alphas_cumprod, train_sigmas};
+use super::noise_schedule::{alphas_cumprod, init_noise_sigma, train_sigmas};
 use super::spacing::{euler_timesteps, np_interp_unit_grid};
 use super::tensor_ops::{div, mul, to_f32};
 use super::StepOutput;
@@ -35,11 +35,7 @@ impl EulerAncestralDiscrete {
             .map(|&t| np_interp_unit_grid(t as f64, &train) as f32)
             .chain(std::iter::once(0.0))
             .collect();
-        let max_sigma = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let init_noise_sigma = match params.timestep_spacing {
-            TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
-            TimestepSpacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
-        };
+        let init_noise_sigma = init_noise_sigma(&sigmas, params.timestep_spacing);
         Self {
             prediction: params.prediction_type,
             timesteps: spaced.iter().map(|&t| t as f64).collect(),

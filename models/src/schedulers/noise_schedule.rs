@@ -1,5 +1,5 @@
 //! The training noise schedule (betas, cumulative alphas) in float32, rounded as torch rounds it.
-use super::config::{BetaSchedule, CommonParams};
+use super::config::{BetaSchedule, CommonParams, TimestepSpacing};
 
 /// `torch.linspace(start, end, steps, dtype=float32)` on the CPU: the ends are cast to float32,
 /// `step = (end - start) / (steps - 1)` in float32, the first half counts up from `start` and the
@@ -108,6 +108,16 @@ pub(crate) fn train_sigmas(alphas_cumprod: &[f32]) -> Vec<f32> {
         .iter()
         .map(|a| ((1.0 - a) / a).sqrt())
         .collect()
+}
+
+/// The Euler schedulers' `init_noise_sigma`: the largest sigma, or `sqrt(max^2 + 1)` for
+/// `leading` spacing, as diffusers computes it.
+pub(crate) fn init_noise_sigma(sigmas: &[f32], spacing: TimestepSpacing) -> f32 {
+    let max_sigma = sigmas.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    match spacing {
+        TimestepSpacing::Linspace | TimestepSpacing::Trailing => max_sigma,
+        TimestepSpacing::Leading => (max_sigma * max_sigma + 1.0).sqrt(),
+    }
 }
 
 #[cfg(test)]
