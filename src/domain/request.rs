@@ -39,8 +39,8 @@ pub const LOCAL_OPTION_KEYS: [&str; 8] = [
     "preview",
     "max_sequence_length",
 ];
-/// FLUX's T5 window: diffusers refuses longer `max_sequence_length`s.
-pub const MAX_SEQUENCE_LENGTH: usize = 512;
+/// FLUX's T5 window, the engine's bound on `max_sequence_length`.
+pub use imago_models::pipeline::MAX_SEQUENCE_LENGTH;
 
 /// A request field that cannot be honoured.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -31,6 +31,9 @@ use crate::vae::AutoencoderKL;
 /// Labs use, 256 for schnell-like models (no guidance embedding) and 512 for dev-like ones.
 const SCHNELL_MAX_SEQUENCE_LENGTH: usize = 256;
 const DEV_MAX_SEQUENCE_LENGTH: usize = 512;
+/// The longest T5 sequence: diffusers refuses `max_sequence_length > 512` for FLUX (T5's trained
+/// window).
+pub const MAX_SEQUENCE_LENGTH: usize = 512;
 
 /// How a loaded model is kept in memory.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -63,6 +66,7 @@ pub struct FluxPipeline {
     scheduler_config: FlowMatchConfig,
     vae_scale_factor: usize,
     preview: LatentPreview,
+    default_max_sequence_length: usize,
 }
 
 /// The conditioning of one prompt for `batch` images.
@@ -78,11 +82,14 @@ pub struct FluxPromptEmbeddings {
 }
 
 impl FluxPipeline {
+    /// `spec_max_sequence_length`: the model spec's T5 length, the default for requests that name
+    /// none (else 512 for dev-like models, 256 for the others).
     pub fn load(
         store: &ComponentStore,
         device: &Device,
         dtype: DType,
         options: LoadOptions,
+        spec_max_sequence_length: Option<usize>,
     ) -> Result<Self> {
         for (component, what) in [
             ("text_encoder", "the CLIP text encoder"),
@@ -108,6 +115,12 @@ impl FluxPipeline {
         let t5_tokenizer = store.t5_tokenizer("tokenizer_2")?;
         let t5_config: T5Config = store.config("text_encoder_2")?;
         let (transformer_config, transformer_vb) = load_transformer(store, dtype, device)?;
+        let default_max_sequence_length =
+            spec_max_sequence_length.unwrap_or(if transformer_config.guidance_embeds {
+                DEV_MAX_SEQUENCE_LENGTH
+            } else {
+                SCHNELL_MAX_SEQUENCE_LENGTH
+            });
         if transformer_config.joint_attention_dim != t5_config.d_model {
             return Err(ModelError::Unsupported(format!(
                 "the transformer's joint_attention_dim is {} but the T5 encoder's d_model is {}; \
@@ -172,6 +185,7 @@ impl FluxPipeline {
             scheduler_config,
             vae_scale_factor,
             preview,
+            default_max_sequence_length,
         })
     }
 }
@@ -200,13 +214,10 @@ impl FluxPipeline {
         self.transformer_config.guidance_embeds
     }
 
-    /// T5 tokens a prompt is padded to by default: 512 for dev-like models, 256 otherwise.
+    /// T5 tokens a prompt is padded to when the request names none: the spec's, else 512 for
+    /// dev-like models and 256 for the others.
     pub fn default_max_sequence_length(&self) -> usize {
-        if self.has_guidance_embeds() {
-            DEV_MAX_SEQUENCE_LENGTH
-        } else {
-            SCHNELL_MAX_SEQUENCE_LENGTH
-        }
+        self.default_max_sequence_length
     }
 
     pub fn preview(&self) -> &LatentPreview {
@@ -283,19 +294,15 @@ impl FluxPipeline {
         let max_sequence_length = request
             .max_sequence_length
             .unwrap_or_else(|| self.default_max_sequence_length());
-        let limit = self.t5_tokenizer_limit();
-        if max_sequence_length > limit {
+        if max_sequence_length > MAX_SEQUENCE_LENGTH {
             return Err(ModelError::invalid(
                 "max_sequence_length",
-                format!("must be at most {limit} for this model, got {max_sequence_length}"),
+                format!(
+                    "must be at most {MAX_SEQUENCE_LENGTH} for this model, got {max_sequence_length}"
+                ),
             ));
         }
         Ok(max_sequence_length)
-    }
-
-    /// diffusers refuses `max_sequence_length > 512` for FLUX (T5's trained window).
-    fn t5_tokenizer_limit(&self) -> usize {
-        DEV_MAX_SEQUENCE_LENGTH
     }
 
     pub fn generate(

@@ -18,7 +18,7 @@ use image::RgbImage;
 
 pub use batch::{batch_key, BatchKey};
 pub use components::ComponentStore;
-pub use flux::{FluxPipeline, FluxPromptEmbeddings, LoadOptions};
+pub use flux::{FluxPipeline, FluxPromptEmbeddings, LoadOptions, MAX_SEQUENCE_LENGTH};
 pub use observer::{NoObserver, StepObserver, StepProgress};
 pub use request::{img2img_steps, GenerationRequest, InitImage, DEFAULT_STRENGTH, MAX_BATCH};
 pub use stable_diffusion::{PromptEmbeddings, StableDiffusionPipeline};
@@ -129,7 +129,11 @@ impl LoadedModel {
         tracing::info!(model = %id, from = %store.describe(), family = family.as_str(), ?dtype, "loading model");
         let pipeline = match family {
             Family::Flux => DiffusionPipeline::Flux(Box::new(FluxPipeline::load(
-                &store, device, dtype, options,
+                &store,
+                device,
+                dtype,
+                options,
+                spec.and_then(|s| s.defaults.max_sequence_length),
             )?)),
             _ => DiffusionPipeline::StableDiffusion(Box::new(StableDiffusionPipeline::load(
                 &store, family, device, dtype,
@@ -248,15 +252,7 @@ impl LoadedModel {
     ) -> Result<Generation> {
         match &self.pipeline {
             DiffusionPipeline::StableDiffusion(sd) => sd.generate(request, observer),
-            // The spec's T5 length (e.g. 256 for schnell) when the request names none.
-            DiffusionPipeline::Flux(flux) => match self.defaults().max_sequence_length {
-                Some(len) if request.max_sequence_length.is_none() => {
-                    let mut request = request.clone();
-                    request.max_sequence_length = Some(len);
-                    flux.generate(&request, observer)
-                }
-                _ => flux.generate(request, observer),
-            },
+            DiffusionPipeline::Flux(flux) => flux.generate(request, observer),
         }
     }
 }
