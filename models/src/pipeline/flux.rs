@@ -2,7 +2,6 @@
 //! FluxPipeline / FluxImg2ImgPipeline: CLIP's pooled output and T5's sequence condition a flow
 //! transformer on 2x2-packed latents, integrated by the flow-matching Euler scheduler.
 use std::ops::ControlFlow;
-use std::sync::Mutex;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -58,7 +57,7 @@ pub struct FluxPipeline {
     clip_tokenizer: ClipTokenizer,
     clip: ClipTextModel,
     t5_tokenizer: T5Tokenizer,
-    t5: Mutex<T5Slot>,
+    t5: T5Slot,
     transformer: FluxTransformer2DModel,
     transformer_config: FluxTransformerConfig,
     vae: AutoencoderKL,
@@ -177,7 +176,7 @@ impl FluxPipeline {
             clip_tokenizer,
             clip,
             t5_tokenizer,
-            t5: Mutex::new(t5),
+            t5,
             transformer,
             transformer_config,
             vae,
@@ -244,21 +243,15 @@ impl FluxPipeline {
         let t5_tokens = self.t5_tokenizer.encode(prompt, max_sequence_length)?;
         let t5_len = t5_tokens.ids.len();
         let t5_ids = Tensor::from_vec(t5_tokens.ids, (1, t5_len), &self.device)?;
-        let embeds = {
-            let mut slot = self
-                .t5
-                .lock()
-                .map_err(|_| ModelError::Unsupported("the T5 encoder lock is poisoned".into()))?;
-            match &mut *slot {
-                T5Slot::Resident(t5) => t5.forward(&t5_ids)?,
-                T5Slot::OnDemand { store, config } => {
-                    // Loaded for this prompt only and dropped at the end of the block.
-                    let t5 = T5EncoderModel::new(
-                        store.var_builder("text_encoder_2", self.dtype, &self.device)?,
-                        config,
-                    )?;
-                    t5.forward(&t5_ids)?
-                }
+        let embeds = match &self.t5 {
+            T5Slot::Resident(t5) => t5.forward(&t5_ids)?,
+            T5Slot::OnDemand { store, config } => {
+                // Loaded for this prompt only and dropped at the end of the arm.
+                let t5 = T5EncoderModel::new(
+                    store.var_builder("text_encoder_2", self.dtype, &self.device)?,
+                    config,
+                )?;
+                t5.forward(&t5_ids)?
             }
         };
         let (embeds, pooled) = if batch > 1 {
