@@ -706,7 +706,8 @@ fn key_quotas_rates_and_request_ids() {
     std::fs::write(
         &keys,
         "[[keys]]\nname = \"metered\"\nkey = \"sk-metered\"\nquota_images = 3\n\n\
-         [[keys]]\nname = \"paced\"\nkey = \"sk-paced\"\nrate_per_minute = 2\n",
+         [[keys]]\nname = \"paced\"\nkey = \"sk-paced\"\nrate_per_minute = 2\n\n\
+         [[keys]]\nname = \"open\"\nkey = \"sk-open\"\n",
     )
     .unwrap();
     let server = e2e::start_server(
@@ -827,6 +828,32 @@ fn key_quotas_rates_and_request_ids() {
             .iter()
             .any(|l| l["fields"]["message"] == "request refused"),
         "{lines:?}"
+    );
+
+    // The engine thread logs under the request's span too.
+    let ran = http(
+        addr,
+        "POST",
+        OR,
+        &[
+            ("X-Request-ID", "trace-run-7"),
+            ("Authorization", "Bearer sk-open"),
+        ],
+        &serde_json::to_vec(&tiny_body(json!({}))).unwrap(),
+    );
+    assert_eq!(ran.status, 200, "{}", String::from_utf8_lossy(&ran.body));
+    std::thread::sleep(Duration::from_millis(200));
+    let log = server.log.text();
+    let finished: Vec<Value> = log
+        .lines()
+        .filter(|l| l.contains("job finished"))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        finished
+            .iter()
+            .any(|l| l["span"]["request_id"] == "trace-run-7"),
+        "the engine's line lacks the request id: {finished:?}"
     );
 }
 

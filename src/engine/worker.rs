@@ -208,6 +208,9 @@ fn run_batch(
     let started = Instant::now();
     metrics.engine_batch_requests.observe(batch.len() as f64);
     state.running.fetch_add(batch.len(), Ordering::SeqCst);
+    // A lone job runs inside its request's span, so every line logged while it runs carries the
+    // request id; in a batch each job's observer enters its own span (see `JobObserver::on_step`).
+    let lone_span = (batch.len() == 1).then(|| batch[0].span.clone().entered());
     let results: Vec<Result<JobOutput, EngineError>> = match loaded.get(&batch[0].model) {
         None => batch
             .iter()
@@ -215,19 +218,20 @@ fn run_batch(
             .collect(),
         Some(served) => generate(served, &batch, state, started, limit_s, between_steps),
     };
+    drop(lone_span);
     state.running.fetch_sub(batch.len(), Ordering::SeqCst);
     state.record_job_time(started.elapsed() / batch.len() as u32);
-    if batch.len() > 1 {
-        tracing::info!(
-            jobs = batch.len(),
-            ms = started.elapsed().as_millis() as u64,
-            "batch finished"
-        );
-    }
+    let batch_ms = started.elapsed().as_millis() as u64;
     for (job, result) in batch.iter().zip(results) {
         let _entered = job.span.clone().entered();
         match &result {
             Ok(output) => {
+                tracing::info!(
+                    images = output.images.len(),
+                    batch = batch.len(),
+                    ms = batch_ms,
+                    "job finished"
+                );
                 metrics.images_generated.add(output.images.len() as u64);
                 metrics.decode_time.observe_duration(output.timings.decode);
             }
@@ -390,6 +394,7 @@ fn generate(
             limit_s,
             stop: None,
             events: &job.events,
+            span: &job.span,
             renderer: PreviewRenderer::choose(served, job.preview),
             partial_images: job.partial_images,
             sent: 0,
@@ -481,6 +486,8 @@ struct JobObserver<'a> {
     /// Set when this observer stopped the job, and why.
     stop: Option<Stop>,
     events: &'a mpsc::Sender<JobEvent>,
+    /// The job's request span, entered while this observer logs.
+    span: &'a tracing::Span,
     renderer: PreviewRenderer<'a>,
     partial_images: usize,
     sent: u32,
@@ -512,6 +519,7 @@ impl StepObserver for JobObserver<'_> {
     }
 
     fn on_step(&mut self, progress: &StepProgress<'_>) -> ControlFlow<()> {
+        let _entered = self.span.enter();
         let now = Instant::now();
         if self.times_steps {
             self.metrics
