@@ -1,10 +1,13 @@
 //! GroupNorm over (N, C, *) tensors, as torch.nn.functional.group_norm computes it (biased
 //! variance, eps inside the square root), with an optional SiLU fused after the affine step.
 //!
-//! `group_norm` runs a fused CPU kernel ([`GroupNormOp`]) for contiguous f32/f16/bf16 inputs and
-//! falls back to [`group_norm_reference`] (plain candle tensor ops) everywhere else.
+//! `group_norm` runs a fused kernel ([`GroupNormOp`]) for contiguous f32/f16/bf16 inputs on the
+//! CPU, and on CUDA with the `cuda` feature; it falls back to [`group_norm_reference`] (plain
+//! candle tensor ops) everywhere else.
 
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod reference;
 
 use candle_core::{bail, DType, Result, Tensor};
@@ -92,8 +95,9 @@ pub(crate) fn validate(
 /// GroupNorm over an NCHW (or N, C, *) tensor, exactly torch.nn.functional.group_norm (biased
 /// variance, eps inside the sqrt), optional SiLU after the affine. The output has x's dtype.
 ///
-/// Contiguous f32/f16/bf16 CPU inputs take the fused kernel; anything else (CUDA, Metal,
-/// non-contiguous or f64 inputs, tensors tracked for backprop) takes the reference ops.
+/// Contiguous f32/f16/bf16 inputs on the CPU (or on CUDA with the `cuda` feature) take the fused
+/// kernel; anything else (Metal, non-contiguous or f64 inputs, empty CUDA inputs, tensors tracked for
+/// backprop) takes the reference ops.
 pub fn group_norm(
     x: &Tensor,
     num_groups: usize,
@@ -107,15 +111,27 @@ pub fn group_norm(
         return group_norm_reference(x, num_groups, weight, bias, eps, activation);
     }
     let op = GroupNormOp::new(num_groups, eps, activation);
+    let (weight, bias) = if x.device().is_cuda() {
+        // The CUDA kernel reads its [C] parameters as f32 only.
+        (weight.to_dtype(DType::F32)?, bias.to_dtype(DType::F32)?)
+    } else {
+        (weight.clone(), bias.clone())
+    };
     x.apply_op3_no_bwd(&weight.contiguous()?, &bias.contiguous()?, &op)
 }
 
 fn takes_fast_path(x: &Tensor, weight: &Tensor, bias: &Tensor) -> bool {
-    let all_cpu = [x, weight, bias].iter().all(|t| t.device().is_cpu());
+    let device = x.device();
+    // An empty CUDA input would launch no blocks at all: the reference handles it.
+    let kernel_device =
+        device.is_cpu() || (cfg!(feature = "cuda") && device.is_cuda() && x.elem_count() > 0);
+    let same_device = [weight, bias]
+        .iter()
+        .all(|t| t.device().same_device(device));
     // The custom op has no backward pass: keep autograd working through the reference ops.
     let tracked = [x, weight, bias].iter().any(|t| t.track_op());
     let kernel_dtype = matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16);
-    all_cpu && !tracked && kernel_dtype && x.is_contiguous()
+    kernel_device && same_device && !tracked && kernel_dtype && x.is_contiguous()
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
 
 /// The fused GroupNorm (+ activation) as a candle custom op over (x, weight, bias).
 ///
-/// CPU only, x contiguous f32/f16/bf16, weight and bias contiguous [C] of any float dtype;
-/// the output has x's dtype. No backward pass: use it through [`super::group_norm`], which
+/// On CPU: x contiguous f32/f16/bf16, weight and bias contiguous [C] of any float dtype. On CUDA
+/// (feature `cuda`): the same x, weight and bias contiguous f32. The output has x's dtype. No backward pass: use it through [`super::group_norm`], which
 /// routes everything else to the reference ops.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct GroupNormOp {
@@ -80,6 +80,25 @@ impl CustomOp3 for GroupNormOp {
             ),
         };
         Ok((out, x_layout.shape().clone()))
+    }
+
+    /// The CUDA kernel (`super::cuda`): x contiguous f32/f16/bf16, weight and bias contiguous f32.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        x_layout: &Layout,
+        weight: &candle_core::CudaStorage,
+        weight_layout: &Layout,
+        bias: &candle_core::CudaStorage,
+        bias_layout: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let launch = super::cuda::Launch {
+            dims: input_dims(x_layout.dims(), self.num_groups)?,
+            eps: self.eps,
+            activation: self.activation,
+        };
+        launch.forward(x, x_layout, weight, weight_layout, bias, bias_layout)
     }
 }
 

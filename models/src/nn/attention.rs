@@ -78,6 +78,10 @@ pub fn scaled_dot_product_attention(
     heads: usize,
     head_dim: usize,
 ) -> Result<Tensor> {
+    #[cfg(feature = "flash-attn")]
+    if let Some(out) = super::attention_cuda::flash_attention(q, k, v, heads, head_dim)? {
+        return Ok(out);
+    }
     let (batch, q_len, _) = q.dims3()?;
     let kv_len = k.dim(1)?;
     let split = |t: &Tensor, len: usize| -> Result<Tensor> {

@@ -1,6 +1,8 @@
 //! Building blocks shared by the UNet and the VAE, with diffusers' exact formulas and weight names.
 pub mod activation;
 pub mod attention;
+#[cfg(feature = "flash-attn")]
+mod attention_cuda;
 pub mod feed_forward;
 pub mod mid_block;
 pub mod norm;
