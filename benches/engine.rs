@@ -1,20 +1,72 @@
-//! `cargo bench`: the engine's stages per device and resolution tier, on the built-in tiny models
-//! (real architectures at toy width, so no download is needed), plus the fused GroupNorm kernel
-//! against its reference. Group names carry the device and the tier: `cpu/tiny-sd/256`.
+//! `cargo bench`: the engine's stages per device, family and resolution tier, plus the preview
+//! decoders, image encoding, engine batching and the fused GroupNorm kernel. Group names carry
+//! the device, the family and the tier: `cpu/sd2/512/unet_step`, `cpu/preview/512/taesd`.
+//!
+//! What runs is chosen by environment variables (comma-separated lists):
+//! - `IMAGO_BENCH_FAMILIES`: `tiny` (the built-in tiny models: real architectures at toy width,
+//!   seconds per run), `sd1`, `sd2`, `sdxl`, `flux` (the real architectures with random weights, as
+//!   `imago bench` builds them; a configuration that does not fit in memory is skipped with a
+//!   note). Default `tiny`: a real-size UNet step takes seconds and a VAE decode tens of seconds on
+//!   a small CPU, and criterion runs each at least 11 times.
+//! - `IMAGO_BENCH_TIERS`: image sides, default `512` (`512,768,1024` for the full table).
+//!
+//! Example: `IMAGO_BENCH_FAMILIES=sd2 IMAGO_BENCH_TIERS=512,768,1024 cargo bench --bench engine`.
 use std::hint::black_box;
 use std::time::Duration;
 
 use candle_core::{DType, Device, Tensor};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion};
+use imago::imaging::{encode_image, ImageFormat};
+use imago_models::bench::{Architecture, BenchError, BenchOptions};
 use imago_models::device::{DTypeChoice, DeviceChoice};
 use imago_models::pipeline::{
     DiffusionPipeline, GenerationRequest, LoadedModel, NoObserver, StepObserver,
 };
 use imago_models::rng::TorchGenerator;
+use imago_models::taesd::{TinyAutoencoder, TinyAutoencoderConfig};
+
+const PROMPT: &str = "a lighthouse at dusk, oil painting";
+
+/// A comma-separated environment list, or `default` when unset or empty.
+fn env_list(name: &str, default: &str) -> Vec<String> {
+    let value = std::env::var(name).unwrap_or_default();
+    let value = if value.trim().is_empty() {
+        default
+    } else {
+        &value
+    };
+    value
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+fn tiers() -> Vec<usize> {
+    env_list("IMAGO_BENCH_TIERS", "512")
+        .iter()
+        .map(|t| {
+            t.parse()
+                .unwrap_or_else(|_| panic!("IMAGO_BENCH_TIERS: {t:?} is not a side in pixels"))
+        })
+        .collect()
+}
+
+fn families() -> Vec<String> {
+    env_list("IMAGO_BENCH_FAMILIES", "tiny")
+}
+
+/// Few samples, short windows: real-size stages take seconds each.
+fn configure(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(100))
+        .measurement_time(Duration::from_secs(5));
+}
 
 fn request(side: usize, steps: usize) -> GenerationRequest {
     GenerationRequest {
-        prompt: "a lighthouse at dusk, oil painting".into(),
+        prompt: PROMPT.into(),
         negative_prompt: None,
         seed: 7,
         steps,
@@ -28,46 +80,152 @@ fn request(side: usize, steps: usize) -> GenerationRequest {
     }
 }
 
-fn pipelines(c: &mut Criterion) {
+fn latents(model: &LoadedModel, side: usize) -> Tensor {
+    TorchGenerator::new(1)
+        .randn_tensor(
+            &[1, model.latent_channels(), side / 8, side / 8],
+            model.device(),
+            DType::F32,
+        )
+        .expect("latents")
+}
+
+/// Text encoding, one denoising step and one VAE decode of `model` at each tier, in groups
+/// `cpu/<name>/<tier>`.
+fn stages(c: &mut Criterion, name: &str, model: &LoadedModel, tiers: &[usize]) {
+    let step_name = match model.pipeline {
+        DiffusionPipeline::StableDiffusion(_) => "unet_step",
+        DiffusionPipeline::Flux(_) => "transformer_step",
+    };
+    for &side in tiers {
+        let mut group = c.benchmark_group(format!("cpu/{name}/{side}"));
+        configure(&mut group);
+        group.bench_function("text_encode", |b| match &model.pipeline {
+            DiffusionPipeline::StableDiffusion(sd) => {
+                b.iter(|| black_box(sd.encode_prompt(PROMPT, None, 1, false).unwrap()))
+            }
+            DiffusionPipeline::Flux(flux) => b.iter(|| {
+                black_box(
+                    flux.encode_prompt(PROMPT, flux.default_max_sequence_length(), 1)
+                        .unwrap(),
+                )
+            }),
+        });
+        // Each iteration encodes the prompt too; only the step is counted.
+        group.bench_function(step_name, |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| imago_models::bench::time_denoise_step(model, side, side).unwrap())
+                    .sum()
+            })
+        });
+        let latents = latents(model, side);
+        group.bench_function("vae_decode", |b| {
+            b.iter(|| black_box(model.decode_latents(&latents).unwrap()))
+        });
+        group.finish();
+    }
+}
+
+fn tiny_models(c: &mut Criterion) {
+    if !families().iter().any(|f| f == "tiny") {
+        return;
+    }
     for id in ["imago/tiny-sd", "imago/tiny-sdxl", "imago/tiny-flux"] {
         let model =
             LoadedModel::load(id, DeviceChoice::Cpu, DTypeChoice::F32).expect("built-in model");
-        let name = id.trim_start_matches("imago/");
-        let prompt = "a lighthouse at dusk, oil painting";
-        for side in [256usize, 512] {
-            let mut group = c.benchmark_group(format!("cpu/{name}/{side}"));
-            group
-                .sample_size(10)
-                .measurement_time(Duration::from_secs(5));
-            group.bench_function("text_encode", |b| match &model.pipeline {
-                DiffusionPipeline::StableDiffusion(sd) => {
-                    b.iter(|| black_box(sd.encode_prompt(prompt, None, 1, false).unwrap()))
-                }
-                DiffusionPipeline::Flux(flux) => {
-                    b.iter(|| black_box(flux.encode_prompt(prompt, 64, 1).unwrap()))
-                }
-            });
-            let latents = TorchGenerator::new(1)
-                .randn_tensor(
-                    &[1, model.latent_channels(), side / 8, side / 8],
-                    &Device::Cpu,
-                    DType::F32,
+        stages(c, id.trim_start_matches("imago/"), &model, &tiers());
+    }
+}
+
+fn real_architectures(c: &mut Criterion) {
+    let tiers = tiers();
+    for family in families().iter().filter(|f| *f != "tiny") {
+        let architecture: Architecture = family
+            .parse()
+            .unwrap_or_else(|e| panic!("IMAGO_BENCH_FAMILIES: {e}"));
+        // Built once at the largest tier's memory estimate, then run at every tier.
+        let options = BenchOptions {
+            architecture,
+            config_dir: None,
+            width: tiers.iter().copied().max().unwrap_or(512),
+            height: tiers.iter().copied().max().unwrap_or(512),
+            dtype: DTypeChoice::F32,
+            iters: 1,
+            throughput: false,
+            memory_limit: None,
+        };
+        let model = match imago_models::bench::load(&options, &Device::Cpu) {
+            Ok(model) => model,
+            Err(err @ BenchError::DoesNotFit { .. }) => {
+                eprintln!("skipping {family}: {err}");
+                continue;
+            }
+            Err(err) => panic!("cannot build {family}: {err}"),
+        };
+        stages(c, family, &model, &tiers);
+    }
+}
+
+/// The two step previews at each tier's latent size: the tiny autoencoder (TAESD's config,
+/// random weights) and the fitted latent-to-RGB map.
+fn previews(c: &mut Criterion) {
+    let taesd_config = TinyAutoencoderConfig::from_json("{}").expect("TAESD defaults");
+    let vb = imago_models::tiny_weights::deterministic_var_builder(3, DType::F32, &Device::Cpu);
+    let taesd = TinyAutoencoder::new(vb, &taesd_config).expect("TAESD");
+    let model =
+        LoadedModel::load("imago/tiny-sd", DeviceChoice::Cpu, DTypeChoice::F32).expect("built-in");
+    for side in tiers() {
+        let latents = latents(&model, side);
+        let mut group = c.benchmark_group(format!("cpu/preview/{side}"));
+        configure(&mut group);
+        group.bench_function("taesd", |b| {
+            b.iter(|| {
+                black_box(
+                    imago_models::preview::render_with_tiny_autoencoder(&taesd, &latents).unwrap(),
                 )
-                .unwrap();
-            group.bench_function("vae_decode", |b| {
-                b.iter(|| black_box(model.decode_latents(&latents).unwrap()))
+            })
+        });
+        group.bench_function("latent_rgb", |b| {
+            b.iter(|| black_box(model.preview().render(&latents).unwrap()))
+        });
+        group.finish();
+    }
+}
+
+/// The response encoders on a generated image at each tier (a tiny-sd picture: noise-like, so
+/// close to the worst case for compression).
+fn image_encoding(c: &mut Criterion) {
+    let model =
+        LoadedModel::load("imago/tiny-sd", DeviceChoice::Cpu, DTypeChoice::F32).expect("built-in");
+    for side in tiers() {
+        let image = model
+            .generate(&request(side, 1), &mut NoObserver)
+            .expect("tiny image")
+            .images
+            .remove(0);
+        let mut group = c.benchmark_group(format!("cpu/encode/{side}"));
+        configure(&mut group);
+        for (name, format, quality) in [
+            ("png", ImageFormat::Png, None),
+            ("jpeg", ImageFormat::Jpeg, None),
+            ("webp_lossless", ImageFormat::Webp, None),
+            ("webp_q80", ImageFormat::Webp, Some(80)),
+        ] {
+            group.bench_function(name, |b| {
+                b.iter(|| black_box(encode_image(&image, format, quality).unwrap()))
             });
-            group.bench_function("generate_1_step", |b| {
-                b.iter(|| black_box(model.generate(&request(side, 1), &mut NoObserver).unwrap()))
-            });
-            group.finish();
         }
+        group.finish();
     }
 }
 
 /// 8 compatible requests (own prompts and seeds) as one engine batch against one after the other:
 /// the speed-up `--max-batch` buys (the images are the same bytes either way).
 fn batching(c: &mut Criterion) {
+    if !families().iter().any(|f| f == "tiny") {
+        return;
+    }
     let model =
         LoadedModel::load("imago/tiny-sd", DeviceChoice::Cpu, DTypeChoice::F32).expect("built-in");
     let requests: Vec<GenerationRequest> = (0..8u64)
@@ -135,5 +293,13 @@ fn group_norm(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipelines, batching, group_norm);
+criterion_group!(
+    benches,
+    tiny_models,
+    real_architectures,
+    previews,
+    image_encoding,
+    batching,
+    group_norm
+);
 criterion_main!(benches);

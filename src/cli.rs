@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use imago_models::bench::Architecture;
 use imago_models::device::{DTypeChoice, DeviceChoice};
 use imago_models::schedulers::SchedulerChoice;
 
@@ -41,6 +42,9 @@ pub enum Command {
     Pull(PullArgs),
     /// Print the OpenAPI document of the HTTP API.
     PrintOpenapi,
+    /// Time a real architecture built with random weights (nothing is downloaded): text
+    /// encoding, one denoising step and one VAE decode, and with --throughput whole generations.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +196,67 @@ pub struct PullArgs {
     pub quiet: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// The architecture: sd1 (SD 1.5), sd2 (SD 2.1-base), sdxl (SDXL base 1.0) or flux
+    /// (FLUX.1-schnell).
+    #[arg(long, env = "IMAGO_BENCH_FAMILY")]
+    pub family: Architecture,
+
+    /// Image side in pixels (square images): 512, 768 or 1024.
+    #[arg(long, env = "IMAGO_BENCH_TIER", default_value_t = 512, value_parser = parse_tier)]
+    pub tier: usize,
+
+    /// auto (f32 on CPU, f16 on GPU), f32, f16 or bf16.
+    #[arg(long, env = "IMAGO_DTYPE", default_value = "auto")]
+    pub dtype: DTypeChoice,
+
+    /// auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, env = "IMAGO_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
+
+    /// Timed runs of each stage after one warm-up run; the median is reported.
+    #[arg(long, env = "IMAGO_BENCH_ITERS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub iters: u64,
+
+    /// Print one JSON object instead of a table.
+    #[arg(long, env = "IMAGO_BENCH_JSON")]
+    pub json: bool,
+
+    /// Also run whole generations at the model's default steps and guidance, batches of 1 and
+    /// 4, and report images per second.
+    #[arg(long, env = "IMAGO_BENCH_THROUGHPUT")]
+    pub throughput: bool,
+
+    /// Component configs from this folder (`unet.json`, `vae.json`..., or a diffusers model
+    /// folder's `unet/config.json`...) instead of the real ones built in for --family.
+    #[arg(long, env = "IMAGO_BENCH_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+
+    /// Refuse a configuration whose estimated memory exceeds this many gigabytes (default: the
+    /// memory available now; checked on the CPU only).
+    #[arg(long, env = "IMAGO_BENCH_MEMORY_LIMIT", value_parser = parse_gigabytes)]
+    pub memory_limit: Option<u64>,
+}
+
+/// `--tier`: one of the sides the benchmarks are reported at.
+fn parse_tier(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(side @ (512 | 768 | 1024)) => Ok(side),
+        _ => Err(format!("expected 512, 768 or 1024, got {text:?}")),
+    }
+}
+
+/// A positive number of gigabytes (10^9 bytes, fractions allowed), in bytes.
+fn parse_gigabytes(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(gb) if gb > 0.0 && gb.is_finite() && gb < 1e9 => Ok((gb * 1e9) as u64),
+        _ => Err(format!(
+            "expected a positive number of gigabytes, got {text:?}"
+        )),
+    }
+}
+
 /// `--log-format`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -309,6 +374,7 @@ pub fn main() -> ExitCode {
         Command::Models => commands::models::run(),
         Command::Pull(args) => commands::pull::run(args),
         Command::PrintOpenapi => commands::print_openapi::run(),
+        Command::Bench(args) => commands::bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

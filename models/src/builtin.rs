@@ -1,7 +1,9 @@
 //! The built-in tiny models (`imago/tiny-sd`, `imago/tiny-sdxl`, `imago/tiny-flux`): real architectures at toy size,
 //! configs embedded from `models/builtin/`, weights generated deterministically in memory.
 //! They run without any download, for demos and tests; their pictures are noise-like.
+//! The same store also serves real-size architectures with random weights (`imago bench`).
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
@@ -69,10 +71,7 @@ const TINY_FLUX: &[(&str, &str)] = &[
         "text_encoder_2",
         include_str!("../builtin/tiny-flux/text_encoder_2.json"),
     ),
-    (
-        "tokenizer_2",
-        include_str!("../builtin/tiny-flux/tokenizer_2.json"),
-    ),
+    ("tokenizer_2", BUILTIN_T5_TOKENIZER_JSON),
     (
         "transformer",
         include_str!("../builtin/tiny-flux/transformer.json"),
@@ -80,13 +79,23 @@ const TINY_FLUX: &[(&str, &str)] = &[
     ("vae", include_str!("../builtin/tiny-flux/vae.json")),
 ];
 
+/// The built-in T5 tokenizer (`tokenizer_2` of `imago/tiny-flux`), for stores of other configs.
+pub const BUILTIN_T5_TOKENIZER_JSON: &str = include_str!("../builtin/tiny-flux/tokenizer_2.json");
+
 /// The CLIP window of the built-in tokenizers, as the real ones.
 const MODEL_MAX_LENGTH: usize = 77;
 
+/// A component's file name (`unet`, `scheduler`, `tokenizer_2`...) and its JSON text.
+pub type ComponentFiles = Arc<[(String, String)]>;
+
 #[derive(Clone)]
 pub struct BuiltInComponents {
-    model: BuiltInModel,
-    files: &'static [(&'static str, &'static str)],
+    /// The id in labels, and the prefix of every weight seed.
+    name: String,
+    files: ComponentFiles,
+    /// Keep the CLIP configs' own vocabulary size (a real-size embedding table) instead of the
+    /// built-in tokenizer's; the built-in tokenizer's ids are below either.
+    real_vocab_size: bool,
     index: Value,
     vocab: HashMap<String, u32>,
     merges: Vec<(String, String)>,
@@ -99,10 +108,27 @@ impl BuiltInComponents {
             BuiltInModel::TinySdxl => TINY_SDXL,
             BuiltInModel::TinyFlux => TINY_FLUX,
         };
+        let files = files
+            .iter()
+            .map(|(name, text)| (name.to_string(), text.to_string()))
+            .collect();
+        Self::with_files(model.id(), files, false)
+    }
+
+    /// Components of any size from their configs, with deterministic random weights seeded by
+    /// `name`, the built-in CLIP tokenizer and the CLIP configs' own vocabulary size: a real
+    /// architecture without its weights, for benchmarks. `files` must hold `model_index` and the
+    /// pipeline's component configs (and `tokenizer_2` for FLUX's T5).
+    pub fn random_weights(name: &str, files: ComponentFiles) -> Result<Self> {
+        Self::with_files(name, files, true)
+    }
+
+    fn with_files(name: &str, files: ComponentFiles, real_vocab_size: bool) -> Result<Self> {
         let (vocab, merges) = tiny_clip_vocab();
         let mut this = Self {
-            model,
+            name: name.to_string(),
             files,
+            real_vocab_size,
             index: Value::Null,
             vocab,
             merges,
@@ -112,18 +138,23 @@ impl BuiltInComponents {
     }
 
     pub fn id(&self) -> String {
-        self.model.to_string()
+        self.name.clone()
+    }
+
+    /// The text of file `component`, if the model has it.
+    fn file(&self, component: &str) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|(name, _)| name == component)
+            .map(|(_, text)| text.as_str())
     }
 
     fn json(&self, component: &str) -> Result<Value> {
         let text = self
-            .files
-            .iter()
-            .find(|(name, _)| *name == component)
-            .map(|(_, text)| *text)
+            .file(component)
             .ok_or_else(|| ModelError::MissingFile {
-                what: format!("component {component} of built-in model {}", self.model),
-                path: format!("builtin/{}/{component}.json", self.model).into(),
+                what: format!("component {component} of built-in model {}", self.name),
+                path: format!("builtin/{}/{component}.json", self.name).into(),
             })?;
         serde_json::from_str(text).map_err(|e| {
             ModelError::invalid_file(format!("builtin {component}.json"), e.to_string())
@@ -140,7 +171,7 @@ impl BuiltInComponents {
     /// A listed component; the CLIP tokenizers are built in, so a tokenizer exists beside each
     /// text encoder.
     pub fn has_component(&self, name: &str) -> bool {
-        let listed = |n: &str| self.files.iter().any(|(file, _)| *file == n);
+        let listed = |n: &str| self.file(n).is_some();
         match name.strip_prefix("tokenizer") {
             Some(suffix) => listed(name) || listed(&format!("text_encoder{suffix}")),
             None => listed(name),
@@ -169,7 +200,9 @@ impl BuiltInComponents {
             let eos = self.vocab.get("<|endoftext|>").copied().unwrap_or(0) as u64;
             let bos = self.vocab.get("<|startoftext|>").copied().unwrap_or(0) as u64;
             if let Some(obj) = value.as_object_mut() {
-                obj.insert("vocab_size".into(), n.into());
+                let own = obj.get("vocab_size").and_then(Value::as_u64).unwrap_or(0);
+                let size = if self.real_vocab_size { own.max(n) } else { n };
+                obj.insert("vocab_size".into(), size.into());
                 obj.insert("eos_token_id".into(), eos.into());
                 obj.insert("bos_token_id".into(), bos.into());
                 obj.insert("pad_token_id".into(), eos.into());
@@ -180,12 +213,8 @@ impl BuiltInComponents {
         })
     }
 
-    fn scheduler_json(&self) -> &'static str {
-        self.files
-            .iter()
-            .find(|(name, _)| *name == "scheduler")
-            .map(|(_, text)| *text)
-            .unwrap_or_default()
+    fn scheduler_json(&self) -> &str {
+        self.file("scheduler").unwrap_or_default()
     }
 
     pub fn scheduler_config(&self) -> Result<SchedulerConfig> {
@@ -206,20 +235,17 @@ impl BuiltInComponents {
         dtype: DType,
         device: &Device,
     ) -> VarBuilder<'static> {
-        let seed = fnv1a(format!("{}/{component}", self.model).as_bytes());
+        let seed = fnv1a(format!("{}/{component}", self.name).as_bytes());
         deterministic_var_builder(seed, dtype, device)
     }
 
     /// The built-in T5 tokenizer (`tokenizer_2`): a small unigram vocabulary of T5's shape.
     pub fn t5_tokenizer(&self) -> Result<T5Tokenizer> {
         let text = self
-            .files
-            .iter()
-            .find(|(name, _)| *name == "tokenizer_2")
-            .map(|(_, text)| *text)
+            .file("tokenizer_2")
             .ok_or_else(|| ModelError::MissingFile {
-                what: format!("T5 tokenizer of built-in model {}", self.model),
-                path: format!("builtin/{}/tokenizer_2.json", self.model).into(),
+                what: format!("T5 tokenizer of built-in model {}", self.name),
+                path: format!("builtin/{}/tokenizer_2.json", self.name).into(),
             })?;
         T5Tokenizer::from_json_bytes(text.as_bytes())
     }

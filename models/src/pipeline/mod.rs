@@ -117,6 +117,19 @@ impl LoadedModel {
                 )
             }
         };
+        Self::from_store(id, spec, store, device, dtype, options)
+    }
+
+    /// Builds the pipeline of `store` (a folder or built-in components), named `id`, with the
+    /// defaults of `spec`.
+    pub fn from_store(
+        id: String,
+        spec: Option<&'static ModelSpec>,
+        store: ComponentStore,
+        device: &Device,
+        dtype: DTypeChoice,
+        options: LoadOptions,
+    ) -> Result<Self> {
         let family = family_of(store.pipeline_class())?;
         let dtype = dtype.resolve(device, DType::F16);
         if device.is_cpu() && dtype == DType::BF16 {

@@ -204,8 +204,9 @@ pub struct UNetConfig {
     pub addition_embed_type: Option<String>,
     #[serde(default)]
     pub addition_time_embed_dim: Option<usize>,
-    /// Only matters for half-precision attention; computing in f32 it changes nothing.
-    #[serde(default)]
+    /// Only matters for half-precision attention; computing in f32 it changes nothing. SDXL base
+    /// 1.0's config has it `null` (diffusers reads that as false).
+    #[serde(default, deserialize_with = "null_as_false")]
     pub upcast_attention: bool,
     #[serde(default = "d_default")]
     pub resnet_time_scale_shift: String,
@@ -276,6 +277,11 @@ fn block_kind(kind: &str, key: &str, cross: &str, plain: &str) -> Result<bool> {
     } else {
         Err(unsupported(key, kind))
     }
+}
+
+/// A boolean that may be written `null`, meaning false.
+fn null_as_false<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<bool, D::Error> {
+    Ok(Option::<bool>::deserialize(d)?.unwrap_or(false))
 }
 
 impl UNetConfig {
