@@ -1,5 +1,5 @@
 //! The real architectures `imago bench` builds: the component configs of SD 1.5, SD 2.1-base,
-//! SDXL base 1.0 and FLUX.1-schnell, embedded from `specs/arch/<family>/` (their repos'
+//! SDXL base 1.0 and FLUX.1-schnell, embedded from `builtin/arch/<family>/` (their repos'
 //! `config.json` files), or read from a folder of configs.
 use std::fmt;
 use std::path::Path;
@@ -26,7 +26,7 @@ pub enum Architecture {
 
 macro_rules! arch_files {
     ($dir:literal, [$($name:literal),*]) => {
-        &[$(($name, include_str!(concat!("../../specs/arch/", $dir, "/", $name, ".json")))),*]
+        &[$(($name, include_str!(concat!("../../builtin/arch/", $dir, "/", $name, ".json")))),*]
     };
 }
 

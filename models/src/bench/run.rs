@@ -63,7 +63,7 @@ pub enum BenchError {
     #[error(
         "{what} needs about {} (weights {}, activations {}) but {} {}; try a smaller tier, \
          another dtype or device",
-        gib(estimate.total()), gib(estimate.weights), gib(estimate.activations), gib(*limit),
+        gigabytes(estimate.total()), gigabytes(estimate.weights), gigabytes(estimate.activations), gigabytes(*limit),
         if *from_option { "is the limit (--memory-limit)" } else { "is available" }
     )]
     DoesNotFit {
@@ -76,7 +76,7 @@ pub enum BenchError {
     Model(#[from] ModelError),
 }
 
-fn gib(bytes: u64) -> String {
+fn gigabytes(bytes: u64) -> String {
     format!("{:.1} GB", bytes as f64 / 1e9)
 }
 
