@@ -65,6 +65,11 @@ fn copy_row_segment(src: &[f32], ox: usize, offset: isize, stride: usize, dst: &
     let lead = lead.min(dst.len());
     let valid_end = valid_end.clamp(lead, dst.len());
     dst[..lead].fill(0.0);
+    dst[valid_end..].fill(0.0);
+    if lead == valid_end {
+        // No tap lands inside the row (the first index may then be negative).
+        return;
+    }
     let start = (first_index + lead as isize * s) as usize;
     let body = &mut dst[lead..valid_end];
     if stride == 1 {
@@ -74,7 +79,6 @@ fn copy_row_segment(src: &[f32], ox: usize, offset: isize, stride: usize, dst: &
             *v = src[start + t * stride];
         }
     }
-    dst[valid_end..].fill(0.0);
 }
 
 impl PanelSource for Im2col<'_> {
