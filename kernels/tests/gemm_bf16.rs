@@ -464,3 +464,74 @@ fn conv2d_rejects_bad_shapes() -> Result<()> {
     assert!(PackedConvWeights::pack(&[0f32; 5], (2, 3, 3, 3), None).is_err());
     Ok(())
 }
+
+/// The candle ops: shapes, dtypes, a non-contiguous input, bias; values as the kernels'.
+#[test]
+fn ops_on_tensors_match_the_references() -> Result<()> {
+    use candle_core::{DType, Device, Tensor};
+    use imago_kernels::gemm_bf16::{Conv2dBf16, LinearBf16};
+    let mut rng = Rng::new(21);
+    let dev = Device::Cpu;
+
+    let (batch, cin, h, w, cout) = (2, 5, 6, 7, 9);
+    let x = random(&mut rng, batch * cin * h * w);
+    let wt = random(&mut rng, cout * cin * 9);
+    let bias = random(&mut rng, cout);
+    let g = geometry(1, 1, 1);
+    let conv = Conv2dBf16::new(
+        &Tensor::from_vec(wt.clone(), (cout, cin, 3, 3), &dev)?.to_dtype(DType::BF16)?,
+        Some(&Tensor::from_vec(bias.clone(), cout, &dev)?),
+        g,
+    )?;
+    // Built transposed then transposed back: the op must make it contiguous.
+    let xt = Tensor::from_vec(x.clone(), (batch, cin, w, h), &dev)?;
+    let x_bf16 = Tensor::from_vec(x.clone(), (batch, cin, h, w), &dev)?.to_dtype(DType::BF16)?;
+    let x_strided = xt.transpose(2, 3)?;
+    let y = conv.forward(&x_bf16)?;
+    assert_eq!(
+        (y.dims(), y.dtype()),
+        (&[batch, cout, h, w][..], DType::BF16)
+    );
+    let y_f32 = conv.forward(&x_strided)?;
+    assert_eq!(y_f32.dtype(), DType::F32);
+    // The transposed input holds other values at each position; compare each with its own reference.
+    let x_strided_values = x_strided.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
+    let shapes = ((batch, cin, h, w), (cout, 3, 3));
+    for (input, got, bf16_out) in [(&x, &y, true), (&x_strided_values, &y_f32, false)] {
+        let want = conv2d_bf16_reference(input, shapes.0, &wt, shapes.1, Some(&bias), g);
+        let mag = conv2d_bf16_reference(
+            &abs(input),
+            shapes.0,
+            &abs(&wt),
+            shapes.1,
+            Some(&abs(&bias)),
+            g,
+        );
+        let got = got.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        assert_within("Conv2dBf16", &got, &want, &mag, cin * 9, bf16_out);
+    }
+
+    let (rows, k, n) = (6, 10, 13);
+    let x = random(&mut rng, rows * k);
+    let wt = random(&mut rng, n * k);
+    let bias = random(&mut rng, n);
+    let linear = LinearBf16::new(
+        &Tensor::from_vec(wt.clone(), (n, k), &dev)?,
+        Some(&Tensor::from_vec(bias.clone(), n, &dev)?),
+    )?;
+    let y =
+        linear.forward(&Tensor::from_vec(x.clone(), (2, 3, k), &dev)?.to_dtype(DType::BF16)?)?;
+    assert_eq!((y.dims(), y.dtype()), (&[2, 3, n][..], DType::BF16));
+    let bt: Vec<f32> = (0..k * n).map(|i| wt[(i % n) * k + i / n]).collect();
+    let want = matmul_bf16_reference(&x, (rows, k, k), &bt, (n, n), Some(&bias));
+    let mag = matmul_bf16_reference(&abs(&x), (rows, k, k), &abs(&bt), (n, n), Some(&abs(&bias)));
+    let got = y.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+    assert_within("LinearBf16", &got, &want, &mag, k, true);
+    assert!(linear
+        .forward(&Tensor::zeros((2, k + 1), DType::BF16, &dev)?)
+        .is_err());
+    assert!(linear
+        .forward(&Tensor::zeros((2, k), DType::F16, &dev)?)
+        .is_err());
+    Ok(())
+}

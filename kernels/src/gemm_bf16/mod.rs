@@ -16,6 +16,7 @@
 mod avx512;
 mod conv;
 mod drivers;
+mod op;
 mod pack;
 mod portable;
 mod reference;
@@ -24,6 +25,7 @@ pub use conv::{
     conv2d_bf16, conv2d_bf16_with, conv2d_output_size, Conv2dGeometry, PackedConvWeights,
 };
 pub use drivers::{linear_bf16, matmul_bf16, matmul_bf16_with, Bias, Out};
+pub use op::{Conv2dBf16, LinearBf16};
 pub use pack::{PackedA, PackedB, ToBf16};
 pub use reference::{conv2d_bf16_reference, matmul_bf16_reference};
 
