@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use super::drivers::{store_row, Bias, OutElem};
 use super::pack::bf16_bits_of;
 use super::{pair, ALayout, BLayout, Microkernel, Out, PackedA, RowOffsets, ToBf16, MR, NR};
+pub use crate::conv2d::Conv2dGeometry;
 
 /// Output pixels per work unit (a multiple of NR).
 const PIXELS_PER_UNIT: usize = 4 * NR;
@@ -25,24 +26,6 @@ const CHANNELS_PER_UNIT: usize = 16 * MR;
 /// Pairs of K per chunk: a chunk of A (CHANNELS_PER_UNIT rows, 128 KiB) and the input rows a
 /// chunk of B touches stay in L2 while all of the unit's tiles use them.
 const KC_PAIRS: usize = 256;
-
-/// Stride, zero padding and dilation, the same along both spatial axes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Conv2dGeometry {
-    pub stride: usize,
-    pub padding: usize,
-    pub dilation: usize,
-}
-
-impl Default for Conv2dGeometry {
-    fn default() -> Self {
-        Self {
-            stride: 1,
-            padding: 0,
-            dilation: 1,
-        }
-    }
-}
 
 /// A convolution's weight (cout, cin, kh, kw) packed as bf16 pairs in the kernel's K order
 /// (channel pair, ky, kx), with its bias in f32.

@@ -1,7 +1,9 @@
 //! diffusers' `FluxAttention` with `FluxAttnProcessor`: per-head RMSNorm on q and k, RoPE on the
 //! joint sequence, scaled dot-product attention (scale 1/sqrt(head_dim)), no mask.
 use candle_core::{Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+
+use crate::nn::{linear, Linear};
 
 use super::norm::{RmsNorm, NORM_EPS};
 use super::rope::RotaryEmbedding;
@@ -35,9 +37,9 @@ impl Projections {
     ) -> Result<Self> {
         let inner = heads * head_dim;
         Ok(Self {
-            q: candle_nn::linear(dim, inner, vb.pp(names[0]))?,
-            k: candle_nn::linear(dim, inner, vb.pp(names[1]))?,
-            v: candle_nn::linear(dim, inner, vb.pp(names[2]))?,
+            q: linear(dim, inner, vb.pp(names[0]))?,
+            k: linear(dim, inner, vb.pp(names[1]))?,
+            v: linear(dim, inner, vb.pp(names[2]))?,
             norm_q: RmsNorm::new(vb.pp(names[3]), head_dim, NORM_EPS)?,
             norm_k: RmsNorm::new(vb.pp(names[4]), head_dim, NORM_EPS)?,
         })
@@ -91,8 +93,8 @@ impl JointAttention {
         Ok(Self {
             image: Projections::new(&vb, image, dim, heads, head_dim)?,
             text: Projections::new(&vb, text, dim, heads, head_dim)?,
-            to_out: candle_nn::linear(inner, dim, vb.pp("to_out.0"))?,
-            to_add_out: candle_nn::linear(inner, dim, vb.pp("to_add_out"))?,
+            to_out: linear(inner, dim, vb.pp("to_out.0"))?,
+            to_add_out: linear(inner, dim, vb.pp("to_add_out"))?,
             heads,
             head_dim,
         })

@@ -1,6 +1,8 @@
 //! diffusers' `FluxTransformerBlock` (double stream) and `FluxSingleTransformerBlock`.
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+
+use crate::nn::{linear, Linear};
 
 use super::attention::{JointAttention, SelfAttention};
 use super::norm::{layer_norm, modulate, AdaLayerNormZero, AdaLayerNormZeroSingle, NORM_EPS};
@@ -28,8 +30,8 @@ struct GeluFeedForward {
 impl GeluFeedForward {
     fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         Ok(Self {
-            proj: candle_nn::linear(dim, dim * MLP_RATIO, vb.pp("net.0.proj"))?,
-            out: candle_nn::linear(dim * MLP_RATIO, dim, vb.pp("net.2"))?,
+            proj: linear(dim, dim * MLP_RATIO, vb.pp("net.0.proj"))?,
+            out: linear(dim * MLP_RATIO, dim, vb.pp("net.2"))?,
         })
     }
 
@@ -103,9 +105,9 @@ impl FluxSingleTransformerBlock {
         let mlp_dim = dim * MLP_RATIO;
         Ok(Self {
             norm: AdaLayerNormZeroSingle::new(vb.pp("norm"), dim)?,
-            proj_mlp: candle_nn::linear(dim, mlp_dim, vb.pp("proj_mlp"))?,
+            proj_mlp: linear(dim, mlp_dim, vb.pp("proj_mlp"))?,
             attn: SelfAttention::new(vb.pp("attn"), dim, heads, head_dim)?,
-            proj_out: candle_nn::linear(dim + mlp_dim, dim, vb.pp("proj_out"))?,
+            proj_out: linear(dim + mlp_dim, dim, vb.pp("proj_out"))?,
         })
     }
 

@@ -1,7 +1,9 @@
 //! diffusers' `CombinedTimestepTextProjEmbeddings` / `CombinedTimestepGuidanceTextProjEmbeddings`:
 //! the conditioning vector `temb` from the timestep, the optional guidance and the pooled text.
 use candle_core::{DType, Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+
+use crate::nn::{linear, Linear};
 
 use crate::nn::{timestep_embedding, Activation, TimestepEmbedding};
 
@@ -18,8 +20,8 @@ pub struct TextProjection {
 impl TextProjection {
     pub fn new(vb: VarBuilder, in_dim: usize, hidden: usize) -> Result<Self> {
         Ok(Self {
-            linear_1: candle_nn::linear(in_dim, hidden, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(hidden, hidden, vb.pp("linear_2"))?,
+            linear_1: linear(in_dim, hidden, vb.pp("linear_1"))?,
+            linear_2: linear(hidden, hidden, vb.pp("linear_2"))?,
         })
     }
 

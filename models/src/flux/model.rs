@@ -2,7 +2,9 @@
 //! double-stream then the single-stream blocks with RoPE over [text, image] positions, and project
 //! the image tokens to the velocity.
 use candle_core::{DType, Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+
+use crate::nn::{linear, Linear};
 
 use super::blocks::{FluxSingleTransformerBlock, FluxTransformerBlock};
 use super::config::FluxTransformerConfig;
@@ -66,12 +68,8 @@ impl FluxTransformer2DModel {
             .collect::<Result<Vec<_>>>()?;
         let out_dim = config.patch_size * config.patch_size * config.out_channels();
         Ok(Self {
-            x_embedder: candle_nn::linear(config.in_channels, dim, vb.pp("x_embedder"))?,
-            context_embedder: candle_nn::linear(
-                config.joint_attention_dim,
-                dim,
-                vb.pp("context_embedder"),
-            )?,
+            x_embedder: linear(config.in_channels, dim, vb.pp("x_embedder"))?,
+            context_embedder: linear(config.joint_attention_dim, dim, vb.pp("context_embedder"))?,
             time_text_embed: TimeTextEmbedding::new(
                 vb.pp("time_text_embed"),
                 dim,
@@ -82,7 +80,7 @@ impl FluxTransformer2DModel {
             transformer_blocks,
             single_transformer_blocks,
             norm_out: AdaLayerNormContinuous::new(vb.pp("norm_out"), dim, dim)?,
-            proj_out: candle_nn::linear(dim, out_dim, vb.pp("proj_out"))?,
+            proj_out: linear(dim, out_dim, vb.pp("proj_out"))?,
             dtype: vb.dtype(),
         })
     }

@@ -1,7 +1,9 @@
 //! The normalisations of FLUX's blocks: LayerNorm without affine (eps 1e-6), the q/k RMSNorm, and
 //! diffusers' adaptive `AdaLayerNormZero`, `AdaLayerNormZeroSingle`, `AdaLayerNormContinuous`.
 use candle_core::{DType, Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+
+use crate::nn::{linear, Linear};
 
 /// eps of every LayerNorm and RMSNorm in the FLUX transformer.
 pub const NORM_EPS: f64 = 1e-6;
@@ -81,7 +83,7 @@ pub struct AdaLayerNormZero {
 impl AdaLayerNormZero {
     pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         Ok(Self {
-            linear: candle_nn::linear(dim, 6 * dim, vb.pp("linear"))?,
+            linear: linear(dim, 6 * dim, vb.pp("linear"))?,
             dim,
         })
     }
@@ -111,7 +113,7 @@ pub struct AdaLayerNormZeroSingle {
 impl AdaLayerNormZeroSingle {
     pub fn new(vb: VarBuilder, dim: usize) -> Result<Self> {
         Ok(Self {
-            linear: candle_nn::linear(dim, 3 * dim, vb.pp("linear"))?,
+            linear: linear(dim, 3 * dim, vb.pp("linear"))?,
             dim,
         })
     }
@@ -135,7 +137,7 @@ pub struct AdaLayerNormContinuous {
 impl AdaLayerNormContinuous {
     pub fn new(vb: VarBuilder, dim: usize, conditioning_dim: usize) -> Result<Self> {
         Ok(Self {
-            linear: candle_nn::linear(conditioning_dim, 2 * dim, vb.pp("linear"))?,
+            linear: linear(conditioning_dim, 2 * dim, vb.pp("linear"))?,
             dim,
         })
     }

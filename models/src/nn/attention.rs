@@ -1,7 +1,9 @@
 //! diffusers' `Attention` with the default processor: multi-head scaled dot-product attention,
 //! scale 1/sqrt(head_dim), no mask.
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+
+use super::Linear;
 
 #[derive(Debug, Clone)]
 pub struct Attention {
@@ -32,7 +34,7 @@ fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize, bias: bool) -> Result<L
     } else {
         None
     };
-    Ok(Linear::new(weight, bias))
+    Linear::new(weight, bias)
 }
 
 impl Attention {

@@ -1,7 +1,9 @@
 //! diffusers' `FeedForward` with the GEGLU activation (the transformer blocks' default):
 //! `net.0.proj` to 2 * inner, value * gelu_erf(gate), `net.2` back to dim.
 use candle_core::{Result, Tensor, D};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+
+use super::{linear, Linear};
 
 #[derive(Debug, Clone)]
 pub struct FeedForward {
@@ -13,8 +15,8 @@ pub struct FeedForward {
 impl FeedForward {
     /// `inner_dim` is dim * mult (mult = 4 in BasicTransformerBlock).
     pub fn new(vb: VarBuilder, dim: usize, inner_dim: usize) -> Result<Self> {
-        let proj_in = candle_nn::linear(dim, inner_dim * 2, vb.pp("net.0.proj"))?;
-        let proj_out = candle_nn::linear(inner_dim, dim, vb.pp("net.2"))?;
+        let proj_in = linear(dim, inner_dim * 2, vb.pp("net.0.proj"))?;
+        let proj_out = linear(inner_dim, dim, vb.pp("net.2"))?;
         Ok(Self {
             proj_in,
             proj_out,

@@ -1,7 +1,9 @@
 //! Building blocks shared by the UNet and the VAE, with diffusers' exact formulas and weight names.
 pub mod activation;
 pub mod attention;
+pub mod conv;
 pub mod feed_forward;
+pub mod linear;
 pub mod mid_block;
 pub mod norm;
 pub mod resnet;
@@ -10,7 +12,9 @@ pub mod timestep;
 
 pub use activation::Activation;
 pub use attention::Attention;
+pub use conv::{conv2d, conv2d_no_bias, Conv2d};
 pub use feed_forward::FeedForward;
+pub use linear::{linear, linear_no_bias, Linear};
 pub use mid_block::{MidBlock2D, SpatialSelfAttention};
 pub use norm::{group_norm, GroupNorm};
 pub use resnet::{ResnetBlock2D, ResnetConfig, TimeEmbeddingNorm};

@@ -1,6 +1,8 @@
 //! diffusers' `ResnetBlock2D` (pre-norm, 3x3 convs, optional time embedding and 1x1 shortcut).
 use candle_core::{Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Linear, Module, VarBuilder};
+use candle_nn::{Conv2dConfig, Module, VarBuilder};
+
+use super::{conv2d, linear, Conv2d, Linear};
 
 use super::{group_norm, Activation, GroupNorm};
 use crate::error::ModelError;
@@ -57,7 +59,7 @@ fn conv3x3(vb: VarBuilder, in_c: usize, out_c: usize) -> Result<Conv2d> {
         padding: 1,
         ..Default::default()
     };
-    candle_nn::conv2d(in_c, out_c, 3, cfg, vb)
+    conv2d(in_c, out_c, 3, cfg, vb)
 }
 
 impl ResnetBlock2D {
@@ -68,12 +70,12 @@ impl ResnetBlock2D {
                     TimeEmbeddingNorm::Default => cfg.out_channels,
                     TimeEmbeddingNorm::ScaleShift => 2 * cfg.out_channels,
                 };
-                Some(candle_nn::linear(t, out, vb.pp("time_emb_proj"))?)
+                Some(linear(t, out, vb.pp("time_emb_proj"))?)
             }
             None => None,
         };
         let conv_shortcut = if cfg.in_channels != cfg.out_channels {
-            Some(candle_nn::conv2d(
+            Some(conv2d(
                 cfg.in_channels,
                 cfg.out_channels,
                 1,

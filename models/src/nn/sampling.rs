@@ -1,6 +1,8 @@
 //! diffusers' `Downsample2D` and `Upsample2D` with a convolution (`use_conv=True`).
 use candle_core::{Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Module, VarBuilder};
+use candle_nn::{Conv2dConfig, Module, VarBuilder};
+
+use super::{conv2d, Conv2d};
 
 /// 3x3 conv with stride 2. With padding 0, diffusers first pads right and bottom by one
 /// (`F.pad(x, (0, 1, 0, 1))`), as the VAE encoder does.
@@ -24,7 +26,7 @@ impl Downsample2D {
             ..Default::default()
         };
         Ok(Self {
-            conv: candle_nn::conv2d(channels, out_channels, 3, cfg, vb.pp("conv"))?,
+            conv: conv2d(channels, out_channels, 3, cfg, vb.pp("conv"))?,
             asymmetric_pad: padding == 0,
         })
     }
@@ -53,7 +55,7 @@ impl Upsample2D {
             ..Default::default()
         };
         Ok(Self {
-            conv: candle_nn::conv2d(channels, out_channels, 3, cfg, vb.pp("conv"))?,
+            conv: conv2d(channels, out_channels, 3, cfg, vb.pp("conv"))?,
         })
     }
 

@@ -1,7 +1,9 @@
 //! Sinusoidal timestep embeddings (diffusers' `get_timestep_embedding` / `Timesteps`) and the
 //! `TimestepEmbedding` MLP.
 use candle_core::{Device, Result, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::{Module, VarBuilder};
+
+use super::{linear, linear_no_bias, Linear};
 
 use super::Activation;
 
@@ -61,12 +63,12 @@ impl TimestepEmbedding {
         cond_proj_dim: Option<usize>,
     ) -> Result<Self> {
         let cond_proj = match cond_proj_dim {
-            Some(d) => Some(candle_nn::linear_no_bias(d, in_dim, vb.pp("cond_proj"))?),
+            Some(d) => Some(linear_no_bias(d, in_dim, vb.pp("cond_proj"))?),
             None => None,
         };
         Ok(Self {
-            linear_1: candle_nn::linear(in_dim, embed_dim, vb.pp("linear_1"))?,
-            linear_2: candle_nn::linear(embed_dim, embed_dim, vb.pp("linear_2"))?,
+            linear_1: linear(in_dim, embed_dim, vb.pp("linear_1"))?,
+            linear_2: linear(embed_dim, embed_dim, vb.pp("linear_2"))?,
             cond_proj,
             act,
             post_act,

@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::nn::{conv2d, conv2d_no_bias, Conv2d};
 
 use super::TinyAutoencoderConfig;
 use crate::error::Result;
@@ -17,9 +19,9 @@ fn conv3x3(c_in: usize, c_out: usize, stride: usize, bias: bool, vb: VarBuilder)
         ..Default::default()
     };
     Ok(if bias {
-        candle_nn::conv2d(c_in, c_out, 3, cfg, vb)?
+        conv2d(c_in, c_out, 3, cfg, vb)?
     } else {
-        candle_nn::conv2d_no_bias(c_in, c_out, 3, cfg, vb)?
+        conv2d_no_bias(c_in, c_out, 3, cfg, vb)?
     })
 }
 

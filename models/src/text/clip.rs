@@ -3,7 +3,9 @@
 //! causal self-attention (no padding mask), a final LayerNorm, and the pooled output taken at
 //! the eos position (projected by `text_projection` for the WithProjection variant).
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+
+use crate::nn::{linear, linear_no_bias, Linear};
 
 pub use super::clip_config::{ClipActivation, ClipTextConfig};
 use crate::error::{ModelError, Result};
@@ -58,7 +60,7 @@ impl ClipTextModel {
             text_vb.pp("final_layer_norm"),
         )?;
         let text_projection = if config.has_projection() {
-            Some(candle_nn::linear_no_bias(
+            Some(linear_no_bias(
                 hidden,
                 config.projection_dim,
                 vb.pp("text_projection"),
@@ -174,8 +176,8 @@ impl EncoderLayer {
             layer_norm1: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm1"))?,
             self_attn: SelfAttention::new(vb.pp("self_attn"), config)?,
             layer_norm2: candle_nn::layer_norm(hidden, eps, vb.pp("layer_norm2"))?,
-            fc1: candle_nn::linear(hidden, config.intermediate_size, vb.pp("mlp").pp("fc1"))?,
-            fc2: candle_nn::linear(config.intermediate_size, hidden, vb.pp("mlp").pp("fc2"))?,
+            fc1: linear(hidden, config.intermediate_size, vb.pp("mlp").pp("fc1"))?,
+            fc2: linear(config.intermediate_size, hidden, vb.pp("mlp").pp("fc2"))?,
             activation,
         })
     }
@@ -214,10 +216,10 @@ impl SelfAttention {
     fn new(vb: VarBuilder, config: &ClipTextConfig) -> candle_core::Result<Self> {
         let hidden = config.hidden_size;
         Ok(Self {
-            q_proj: candle_nn::linear(hidden, hidden, vb.pp("q_proj"))?,
-            k_proj: candle_nn::linear(hidden, hidden, vb.pp("k_proj"))?,
-            v_proj: candle_nn::linear(hidden, hidden, vb.pp("v_proj"))?,
-            out_proj: candle_nn::linear(hidden, hidden, vb.pp("out_proj"))?,
+            q_proj: linear(hidden, hidden, vb.pp("q_proj"))?,
+            k_proj: linear(hidden, hidden, vb.pp("k_proj"))?,
+            v_proj: linear(hidden, hidden, vb.pp("v_proj"))?,
+            out_proj: linear(hidden, hidden, vb.pp("out_proj"))?,
             num_heads: config.num_attention_heads,
             head_dim: hidden / config.num_attention_heads,
         })

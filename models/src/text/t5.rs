@@ -7,7 +7,9 @@
 //! (`_keep_in_fp32_modules`), which turns the residual stream f32 from block 0's feed-forward on,
 //! and f16 residual states that overflowed are clamped to `finfo(f16).max - 1000`.
 use candle_core::{DType, Module, Tensor, D};
-use candle_nn::{Embedding, Linear, VarBuilder};
+use candle_nn::{Embedding, VarBuilder};
+
+use crate::nn::{linear_no_bias, Linear};
 
 use super::t5_config::{T5Activation, T5Config};
 use crate::error::{ModelError, Result};
@@ -173,10 +175,10 @@ impl T5Attention {
     fn new(vb: VarBuilder, config: &T5Config) -> candle_core::Result<Self> {
         let inner = config.inner_dim();
         Ok(Self {
-            q: candle_nn::linear_no_bias(config.d_model, inner, vb.pp("q"))?,
-            k: candle_nn::linear_no_bias(config.d_model, inner, vb.pp("k"))?,
-            v: candle_nn::linear_no_bias(config.d_model, inner, vb.pp("v"))?,
-            o: candle_nn::linear_no_bias(inner, config.d_model, vb.pp("o"))?,
+            q: linear_no_bias(config.d_model, inner, vb.pp("q"))?,
+            k: linear_no_bias(config.d_model, inner, vb.pp("k"))?,
+            v: linear_no_bias(config.d_model, inner, vb.pp("v"))?,
+            o: linear_no_bias(inner, config.d_model, vb.pp("o"))?,
             num_heads: config.num_heads,
             head_dim: config.d_kv,
         })
@@ -224,16 +226,12 @@ impl T5FeedForward {
     ) -> candle_core::Result<Self> {
         let (wi, wi_linear) = if config.is_gated() {
             (
-                candle_nn::linear_no_bias(config.d_model, config.d_ff, vb.pp("wi_0"))?,
-                Some(candle_nn::linear_no_bias(
-                    config.d_model,
-                    config.d_ff,
-                    vb.pp("wi_1"),
-                )?),
+                linear_no_bias(config.d_model, config.d_ff, vb.pp("wi_0"))?,
+                Some(linear_no_bias(config.d_model, config.d_ff, vb.pp("wi_1"))?),
             )
         } else {
             (
-                candle_nn::linear_no_bias(config.d_model, config.d_ff, vb.pp("wi"))?,
+                linear_no_bias(config.d_model, config.d_ff, vb.pp("wi"))?,
                 None,
             )
         };
@@ -243,7 +241,7 @@ impl T5FeedForward {
         } else {
             vb.pp("wo")
         };
-        let wo = candle_nn::linear_no_bias(config.d_ff, config.d_model, wo_vb)?;
+        let wo = linear_no_bias(config.d_ff, config.d_model, wo_vb)?;
         Ok(Self {
             wi,
             wi_linear,
@@ -258,7 +256,7 @@ impl T5FeedForward {
             Some(wi_linear) => (activated * wi_linear.forward(hidden)?)?,
             None => activated,
         };
-        self.wo.forward(&inner.to_dtype(self.wo.weight().dtype())?)
+        self.wo.forward(&inner.to_dtype(self.wo.dtype())?)
     }
 }
 
@@ -539,7 +537,7 @@ mod tests {
         assert!(clamped.iter().all(|&v| v == 64512.0), "{clamped:?}");
 
         // `wo` is kept in f32, the output comes back in f16 and is finite (all ones here).
-        assert_eq!(block.feed_forward.wo.weight().dtype(), DType::F32);
+        assert_eq!(block.feed_forward.wo.dtype(), DType::F32);
         let output = encoder.forward(&ids).expect("forward");
         assert_eq!(output.dtype(), DType::F16);
         let values: Vec<f32> = output

@@ -1,6 +1,8 @@
 //! diffusers' `UNet2DConditionModel` forward pass (SD 1.x/2.x, SDXL), built from its config.
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::nn::{conv2d, Conv2d};
 
 use super::blocks::{DownBlock, MidBlock, Shared, UpBlock};
 use super::config::UNetConfig;
@@ -63,7 +65,7 @@ impl UNet2DConditionModel {
                 padding: (k - 1) / 2,
                 ..Default::default()
             };
-            candle_nn::conv2d(in_c, out_c, k, cfg, vb.pp(name))
+            conv2d(in_c, out_c, k, cfg, vb.pp(name))
         };
         let conv_in = conv("conv_in", config.in_channels, ch[0], config.conv_in_kernel)?;
         let time_embedding = TimestepEmbedding::new(

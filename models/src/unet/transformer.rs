@@ -1,7 +1,9 @@
 //! diffusers' `Transformer2DModel` over continuous inputs, with `BasicTransformerBlock`s
 //! (layer norms eps 1e-5, self-attention, cross-attention, GEGLU feed-forward).
 use candle_core::{Result, Tensor};
-use candle_nn::{Conv2d, LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{LayerNorm, Module, VarBuilder};
+
+use crate::nn::{self, conv2d, Conv2d, Linear};
 
 use crate::nn::attention::AttentionConfig;
 use crate::nn::norm::layer_norm;
@@ -75,15 +77,9 @@ enum Projection {
 impl Projection {
     fn new(vb: VarBuilder, in_dim: usize, out_dim: usize, linear: bool) -> Result<Self> {
         Ok(if linear {
-            Self::Linear(candle_nn::linear(in_dim, out_dim, vb)?)
+            Self::Linear(nn::linear(in_dim, out_dim, vb)?)
         } else {
-            Self::Conv(candle_nn::conv2d(
-                in_dim,
-                out_dim,
-                1,
-                Default::default(),
-                vb,
-            )?)
+            Self::Conv(conv2d(in_dim, out_dim, 1, Default::default(), vb)?)
         })
     }
 }

@@ -1,7 +1,9 @@
 //! The VAE decoder: conv_in, mid block, UpDecoderBlock2Ds (layers_per_block + 1 resnets each,
 //! channels reversed), norm, SiLU, conv_out.
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::nn::Conv2d;
 
 use super::encoder::{conv3x3, mid_block, resnet_config, VAE_EPS};
 use super::VaeConfig;

@@ -1,7 +1,9 @@
 //! The VAE encoder: conv_in, DownEncoderBlock2Ds, mid block, norm, SiLU, conv_out to the
 //! posterior's 2 * latent_channels moments.
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::{Conv2dConfig, VarBuilder};
+
+use crate::nn::{conv2d, Conv2d};
 
 use super::VaeConfig;
 use crate::nn::{
@@ -17,7 +19,7 @@ pub(super) fn conv3x3(vb: VarBuilder, in_c: usize, out_c: usize) -> Result<Conv2
         padding: 1,
         ..Default::default()
     };
-    candle_nn::conv2d(in_c, out_c, 3, cfg, vb)
+    conv2d(in_c, out_c, 3, cfg, vb)
 }
 
 /// A resnet without time embedding, as in DownEncoderBlock2D / UpDecoderBlock2D / the mid block.

@@ -1,6 +1,8 @@
 //! diffusers' `AutoencoderKL`: encode to a diagonal Gaussian posterior, decode latents.
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, VarBuilder};
+use candle_nn::VarBuilder;
+
+use crate::nn::{conv2d, Conv2d};
 
 use super::decoder::Decoder;
 use super::encoder::Encoder;
@@ -45,8 +47,7 @@ impl AutoencoderKL {
         config.validate()?;
         let act = Activation::from_config("act_fn", &config.act_fn)?;
         let latent = config.latent_channels;
-        let one_by_one =
-            |name: &str, c: usize| candle_nn::conv2d(c, c, 1, Default::default(), vb.pp(name));
+        let one_by_one = |name: &str, c: usize| conv2d(c, c, 1, Default::default(), vb.pp(name));
         Ok(Self {
             config: config.clone(),
             encoder: Encoder::new(vb.pp("encoder"), config, act)?,

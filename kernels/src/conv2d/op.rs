@@ -1,0 +1,128 @@
+//! The convolution as a candle custom op holding its packed weight.
+
+use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+
+use crate::gemm::{gemm, Bias, GemmOutput, Isa, KMajor, PackedMatrix, PanelSource};
+
+use super::im2col::Im2col;
+use super::{Conv2dGeometry, ConvDims};
+
+/// A convolution layer's weight packed for the GEMM once, applied to f32 NCHW inputs on the CPU.
+#[derive(Clone, Debug)]
+pub struct Conv2dKernel {
+    isa: Isa,
+    weight: PackedMatrix,
+    bias: Option<Vec<f32>>,
+    out_channels: usize,
+    in_channels: usize,
+    kernel_h: usize,
+    kernel_w: usize,
+    geometry: Conv2dGeometry,
+}
+
+impl Conv2dKernel {
+    /// Packs `weight` (Cout, Cin, kh, kw) and keeps `bias` (Cout) as f32, for the microkernel
+    /// [`Isa::detected`] picks.
+    pub fn new(weight: &Tensor, bias: Option<&Tensor>, geometry: Conv2dGeometry) -> Result<Self> {
+        Self::with_isa(Isa::detected(), weight, bias, geometry)
+    }
+
+    /// As [`Conv2dKernel::new`], with a given microkernel (tests run every one).
+    pub fn with_isa(
+        isa: Isa,
+        weight: &Tensor,
+        bias: Option<&Tensor>,
+        geometry: Conv2dGeometry,
+    ) -> Result<Self> {
+        let (out_channels, in_channels, kernel_h, kernel_w) = weight.dims4()?;
+        geometry.check()?;
+        let depth = in_channels * kernel_h * kernel_w;
+        let values = weight
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let weight = PackedMatrix::pack_a(isa, &values, out_channels, depth)?;
+        let bias = match bias {
+            Some(b) => {
+                if b.dims() != [out_channels] {
+                    bail!(
+                        "conv2d: bias must have shape [{out_channels}], got {:?}",
+                        b.dims()
+                    );
+                }
+                Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+            }
+            None => None,
+        };
+        Ok(Self {
+            isa,
+            weight,
+            bias,
+            out_channels,
+            in_channels,
+            kernel_h,
+            kernel_w,
+            geometry,
+        })
+    }
+
+    /// Convolves x (N, Cin, H, W): x must be an f32 CPU tensor (any layout).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.device().is_cpu() || x.dtype() != DType::F32 {
+            bail!(
+                "conv2d kernel: input must be f32 on the CPU, got {:?} on {:?}",
+                x.dtype(),
+                x.device()
+            );
+        }
+        x.contiguous()?.apply_op1_no_bwd(self)
+    }
+
+    fn dims(&self, input: (usize, usize, usize)) -> Result<ConvDims> {
+        ConvDims::new(input, (self.kernel_h, self.kernel_w), self.geometry)
+    }
+}
+
+impl CustomOp1 for Conv2dKernel {
+    fn name(&self) -> &'static str {
+        "imago-conv2d"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (batch, channels, height, width) = layout.shape().dims4()?;
+        if channels != self.in_channels {
+            bail!(
+                "conv2d kernel: input has {channels} channels, the weight expects {}",
+                self.in_channels
+            );
+        }
+        let (CpuStorage::F32(values), Some((start, end))) = (storage, layout.contiguous_offsets())
+        else {
+            bail!("conv2d kernel: input must be contiguous f32");
+        };
+        let input = &values[start..end];
+        let dims = self.dims((channels, height, width))?;
+        let plane = channels * height * width;
+        let out_plane = self.out_channels * dims.positions();
+        let mut out = vec![0f32; batch * out_plane];
+        let bias = self.bias.as_deref().map_or(Bias::None, Bias::PerRow);
+        for (sample, y) in input
+            .chunks_exact(plane)
+            .zip(out.chunks_exact_mut(out_plane))
+        {
+            let c = GemmOutput::new(y, self.out_channels, dims.positions(), dims.positions())?;
+            let pointwise;
+            let im2col;
+            let b: &dyn PanelSource = if dims.is_pointwise() {
+                pointwise = KMajor::new(sample, channels, dims.positions(), dims.positions())?;
+                &pointwise
+            } else {
+                im2col = Im2col::new(sample, dims);
+                &im2col
+            };
+            gemm(self.isa, &self.weight, b, c, bias, false)?;
+        }
+        let shape = Shape::from((batch, self.out_channels, dims.out_h, dims.out_w));
+        Ok((CpuStorage::F32(out), shape))
+    }
+}

@@ -1,0 +1,50 @@
+//! The AVX2+FMA microkernel: 6 rows x 16 columns of C in 12 ymm accumulators; per k, two
+//! 8-wide loads of B and one broadcast of A per row.
+
+use std::arch::x86_64::*;
+
+use super::{Isa, Microkernel};
+
+const MR: usize = 6;
+const NR: usize = 16;
+
+pub(super) const MICROKERNEL: Microkernel = Microkernel {
+    isa: Isa::Avx2,
+    mr: MR,
+    nr: NR,
+    run: tile_entry,
+};
+
+/// # Safety
+/// See [`super::MicrokernelFn`]; the CPU must support AVX2 and FMA.
+unsafe fn tile_entry(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+    // SAFETY: forwarded contract; Isa::microkernel hands this out only when avx2+fma are detected.
+    unsafe { tile(kc, a, b, c, ldc) }
+}
+
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+    // SAFETY (whole body): the caller guarantees a (kc * MR), b (kc * NR) and the C tile
+    // (r * ldc + j, r < MR, j < NR) are in bounds; unaligned loads/stores have no alignment need.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+        for (r, row) in acc.iter_mut().enumerate() {
+            row[0] = _mm256_loadu_ps(c.add(r * ldc));
+            row[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
+        }
+        for k in 0..kc {
+            let b0 = _mm256_loadu_ps(b.add(k * NR));
+            let b1 = _mm256_loadu_ps(b.add(k * NR + 8));
+            let a_k = a.add(k * MR);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let a_rk = _mm256_set1_ps(*a_k.add(r));
+                row[0] = _mm256_fmadd_ps(a_rk, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(a_rk, b1, row[1]);
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            _mm256_storeu_ps(c.add(r * ldc), row[0]);
+            _mm256_storeu_ps(c.add(r * ldc + 8), row[1]);
+        }
+    }
+}

@@ -1,0 +1,50 @@
+//! The AVX-512F microkernel: 12 rows x 32 columns of C in 24 zmm accumulators; per k, two
+//! 16-wide loads of B and one broadcast of A per row.
+
+use std::arch::x86_64::*;
+
+use super::{Isa, Microkernel};
+
+const MR: usize = 12;
+const NR: usize = 32;
+
+pub(super) const MICROKERNEL: Microkernel = Microkernel {
+    isa: Isa::Avx512,
+    mr: MR,
+    nr: NR,
+    run: tile_entry,
+};
+
+/// # Safety
+/// See [`super::MicrokernelFn`]; the CPU must support AVX-512F.
+unsafe fn tile_entry(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+    // SAFETY: forwarded contract; Isa::microkernel hands this out only when avx512f is detected.
+    unsafe { tile(kc, a, b, c, ldc) }
+}
+
+#[target_feature(enable = "avx512f")]
+unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+    // SAFETY (whole body): the caller guarantees a (kc * MR), b (kc * NR) and the C tile
+    // (r * ldc + j, r < MR, j < NR) are in bounds; unaligned loads/stores have no alignment need.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        for (r, row) in acc.iter_mut().enumerate() {
+            row[0] = _mm512_loadu_ps(c.add(r * ldc));
+            row[1] = _mm512_loadu_ps(c.add(r * ldc + 16));
+        }
+        for k in 0..kc {
+            let b0 = _mm512_loadu_ps(b.add(k * NR));
+            let b1 = _mm512_loadu_ps(b.add(k * NR + 16));
+            let a_k = a.add(k * MR);
+            for (r, row) in acc.iter_mut().enumerate() {
+                let a_rk = _mm512_set1_ps(*a_k.add(r));
+                row[0] = _mm512_fmadd_ps(a_rk, b0, row[0]);
+                row[1] = _mm512_fmadd_ps(a_rk, b1, row[1]);
+            }
+        }
+        for (r, row) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(r * ldc), row[0]);
+            _mm512_storeu_ps(c.add(r * ldc + 16), row[1]);
+        }
+    }
+}
