@@ -2,12 +2,13 @@
 //! what C already holds, with AVX-512F, AVX2+FMA and portable microkernels picked at run time.
 //!
 //! # Determinism
-//! Every element of C is `init` followed by one fused multiply-add per k, in increasing k order:
-//! `c = fma(a[i][K-1], b[K-1][j], ... fma(a[i][0], b[0][j], init))`, where `init` is
-//! `bias + c_old` (each term present only when asked for). K-blocking stores and reloads the
-//! running sum as f32, which is exact, and tail tiles run the full microkernel on a zero-padded
-//! copy, so the result does not depend on M, N, the tiling, the number of threads, nor on which
-//! microkernel ran (the portable one uses `f32::mul_add`): all three give the same bits.
+//! Every element of C is `((init + s_0) + s_1) + ...`, where `init` is `bias + c_old` (each
+//! term present only when asked for) and `s_b` is the sum over K-block b (k in
+//! `[b·KC, (b+1)·KC)`, [`KC`] fixed) as a chain of fused multiply-adds from zero in increasing k
+//! order. (Summing per block and then across blocks keeps the rounding error growing with
+//! KC + K/KC rather than K.) Tail tiles run the full microkernel on a zero-padded copy, so the
+//! result does not depend on M, N, the tiling, the number of threads, nor on which microkernel
+//! ran (the portable one uses `f32::mul_add`): all three give the same bits.
 //!
 //! # Operands as panel sources
 //! Both operands are seen the same way, as a K x `len` matrix whose `len` side is cut into

@@ -81,6 +81,8 @@ impl SharedOutput {
     ///
     /// # Safety
     /// The range must be inside C and belong to the calling task only.
+    // Handing out &mut from a shared pointer is the point: disjointness is the caller's contract.
+    #[allow(clippy::mut_from_ref)]
     unsafe fn row_mut(&self, r: usize, n0: usize, n1: usize) -> &mut [f32] {
         // SAFETY: per the function contract.
         unsafe { std::slice::from_raw_parts_mut(self.ptr.add(r * self.ld + n0), n1 - n0) }

@@ -86,8 +86,9 @@ impl Isa {
     }
 }
 
-/// Signature of a microkernel body: for `kc` steps, C (mr x nr, row stride `ldc`) += the
-/// outer product of A's k-th `mr` values and B's k-th `nr` values (panels in packed layout).
+/// Signature of a microkernel body: C (mr x nr, row stride `ldc`) += S, where each element of S
+/// is a chain of fused multiply-adds from zero over the `kc` steps in order, step k adding the
+/// product of A's k-th `mr` values and B's k-th `nr` values (panels in packed layout).
 ///
 /// # Safety
 /// `a` must be readable for `kc * mr` elements, `b` for `kc * nr` (in a layout the kernel

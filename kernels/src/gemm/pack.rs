@@ -160,8 +160,8 @@ impl PanelSource for PackedMatrix {
         lanes: usize,
         width: usize,
     ) -> Option<&[f32]> {
-        let whole_block = k0 % KC == 0 && kc == KC.min(self.depth - k0);
-        let aligned = width == self.width && first_lane % width == 0;
+        let whole_block = k0.is_multiple_of(KC) && kc == KC.min(self.depth - k0);
+        let aligned = width == self.width && first_lane.is_multiple_of(width);
         // The last panel of the request may only be partial if it is the matrix's last panel.
         let in_bounds = first_lane + lanes <= self.len;
         if !(whole_block && aligned && in_bounds) {

@@ -13,6 +13,9 @@ pub trait PanelSource<T = f32>: Sync {
     fn depth(&self) -> usize;
     /// The other dimension: A's rows or B's columns.
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Writes the block into `dst` (at least `ceil(lanes / width) * width * kc` long) in the
     /// packed layout, zero in the lanes past `lanes`.
     fn pack(

@@ -28,10 +28,6 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize)
     // (r * ldc + j, r < MR, j < NR) are in bounds; unaligned loads/stores have no alignment need.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-        for (r, row) in acc.iter_mut().enumerate() {
-            row[0] = _mm256_loadu_ps(c.add(r * ldc));
-            row[1] = _mm256_loadu_ps(c.add(r * ldc + 8));
-        }
         for k in 0..kc {
             let b0 = _mm256_loadu_ps(b.add(k * NR));
             let b1 = _mm256_loadu_ps(b.add(k * NR + 8));
@@ -43,8 +39,9 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize)
             }
         }
         for (r, row) in acc.iter().enumerate() {
-            _mm256_storeu_ps(c.add(r * ldc), row[0]);
-            _mm256_storeu_ps(c.add(r * ldc + 8), row[1]);
+            let (c0, c1) = (c.add(r * ldc), c.add(r * ldc + 8));
+            _mm256_storeu_ps(c0, _mm256_add_ps(_mm256_loadu_ps(c0), row[0]));
+            _mm256_storeu_ps(c1, _mm256_add_ps(_mm256_loadu_ps(c1), row[1]));
         }
     }
 }

@@ -24,12 +24,6 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize)
         )
     };
     let mut acc = [[0f32; NR]; MR];
-    for (r, row) in acc.iter_mut().enumerate() {
-        for (j, v) in row.iter_mut().enumerate() {
-            // SAFETY: r < MR, j < NR are inside the C tile.
-            *v = unsafe { *c.add(r * ldc + j) };
-        }
-    }
     for (a_k, b_k) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
         for (row, &a_rk) in acc.iter_mut().zip(a_k) {
             for (v, &b_kj) in row.iter_mut().zip(b_k) {
@@ -39,8 +33,8 @@ unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize)
     }
     for (r, row) in acc.iter().enumerate() {
         for (j, &v) in row.iter().enumerate() {
-            // SAFETY: as above.
-            unsafe { *c.add(r * ldc + j) = v };
+            // SAFETY: r < MR, j < NR are inside the C tile.
+            unsafe { *c.add(r * ldc + j) += v };
         }
     }
 }
