@@ -261,12 +261,6 @@ fn bad_input_is_a_one_line_error_and_writes_nothing() {
     let e = expect_error(&with(&|a| set(a, "--steps", "0")), &out);
     assert!(e.contains("steps"), "{e}");
 
-    let e = expect_error(
-        &with(&|a| a.extend(["--dtype".into(), "bf16".into()])),
-        &out,
-    );
-    assert!(e.contains("bf16") && e.contains("CPU"), "{e}");
-
     let img2img = Case::load("parity", "sd-img2img");
     let mut args = case_args(&img2img, &out);
     set(&mut args, "--strength", "1.5");

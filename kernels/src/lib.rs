@@ -3,6 +3,7 @@
 
 pub mod conv2d;
 pub mod gemm;
+pub mod gemm_bf16;
 pub mod group_norm;
 pub mod linear;
 mod math;

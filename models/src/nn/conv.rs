@@ -1,10 +1,14 @@
-//! A 2-D convolution layer: imago's packed implicit-GEMM kernel for f32 weights on the CPU,
-//! candle's convolution everywhere else (other devices, f16/bf16 compute, grouped convs).
+//! A 2-D convolution layer: imago's packed implicit-GEMM kernels for f32 and bf16 weights on the
+//! CPU, candle's convolution everywhere else (other devices, f16 compute, grouped convs).
+//!
+//! bf16 runs the AVX512-BF16 kernel where the CPU has it, else the f32 kernel on widened inputs
+//! with the output rounded back to bf16 (candle's CPU convolution has no bf16 kernel).
 
 use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, VarBuilder};
+use imago_kernels::gemm_bf16::{Conv2dBf16, Microkernel};
 use imago_kernels::{Conv2dGeometry, Conv2dKernel};
 
 #[derive(Debug, Clone)]
@@ -16,27 +20,53 @@ pub struct Conv2d {
 enum Backend {
     /// The weight packed once at load; the layer keeps no other copy of it.
     Packed(Arc<Conv2dKernel>),
+    /// bf16 weights packed once for the AVX512-BF16 kernel: bf16 in, f32 sums, bf16 out.
+    PackedBf16(Arc<Conv2dBf16>),
+    /// bf16 weights on a CPU without AVX512-BF16: packed as f32 for the f32 kernel, which runs
+    /// on the widened input; the output is rounded back to bf16.
+    WidenedBf16(Arc<Conv2dKernel>),
     Candle(candle_nn::Conv2d),
 }
 
 impl Conv2d {
     /// A layer over `weight` (Cout, Cin / groups, kh, kw) and an optional `bias` (Cout).
     pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Result<Self> {
-        let kernel_takes_it =
-            weight.device().is_cpu() && weight.dtype() == DType::F32 && config.groups == 1;
-        let backend = if kernel_takes_it {
-            let geometry = Conv2dGeometry {
-                padding: config.padding,
-                stride: config.stride,
-                dilation: config.dilation,
-            };
-            Backend::Packed(Arc::new(Conv2dKernel::new(
+        Self::with_bf16_kernel(weight, bias, config, Microkernel::detect())
+    }
+
+    /// As [`Conv2d::new`], with bf16 weights taking the AVX512-BF16 kernel only if `bf16_kernel`
+    /// is that one (tests pass the portable one to run the widening fallback).
+    fn with_bf16_kernel(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        config: Conv2dConfig,
+        bf16_kernel: Microkernel,
+    ) -> Result<Self> {
+        let geometry = Conv2dGeometry {
+            padding: config.padding,
+            stride: config.stride,
+            dilation: config.dilation,
+        };
+        let on_cpu = weight.device().is_cpu() && config.groups == 1;
+        let backend = match weight.dtype() {
+            DType::F32 if on_cpu => Backend::Packed(Arc::new(Conv2dKernel::new(
                 &weight,
                 bias.as_ref(),
                 geometry,
-            )?))
-        } else {
-            Backend::Candle(candle_nn::Conv2d::new(weight, bias, config))
+            )?)),
+            DType::BF16 if on_cpu && bf16_kernel == Microkernel::Avx512Bf16 => {
+                Backend::PackedBf16(Arc::new(Conv2dBf16::new(&weight, bias.as_ref(), geometry)?))
+            }
+            DType::BF16 if on_cpu => {
+                let weight = weight.to_dtype(DType::F32)?;
+                let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+                Backend::WidenedBf16(Arc::new(Conv2dKernel::new(
+                    &weight,
+                    bias.as_ref(),
+                    geometry,
+                )?))
+            }
+            _ => Backend::Candle(candle_nn::Conv2d::new(weight, bias, config)),
         };
         Ok(Self { backend })
     }
@@ -46,6 +76,10 @@ impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.backend {
             Backend::Packed(kernel) => kernel.forward(x),
+            Backend::PackedBf16(kernel) => kernel.forward(x),
+            Backend::WidenedBf16(kernel) => kernel
+                .forward(&x.to_dtype(DType::F32)?)?
+                .to_dtype(DType::BF16),
             Backend::Candle(conv) => conv.forward(x),
         }
     }
@@ -114,6 +148,44 @@ mod tests {
             .max_all()?
             .to_scalar::<f32>()?;
         assert!(diff < 1e-5, "max difference {diff}");
+        Ok(())
+    }
+
+    /// bf16 layers (the AVX512-BF16 kernel where this CPU has it, and the widening fallback)
+    /// against the f32 layer. Rounding x and w to bf16 moves each product by <= 2^-8 of
+    /// |x w| (|x| <= 1, |w| <= 0.5, 54 products: <= 0.11 in all), the bias (|b| <= 5) and the
+    /// output by <= 2^-9 of their size (<= 0.01 and 0.06); 0.2 holds every correct path, while
+    /// a broken one is off by about the values themselves (~1 to 10).
+    #[test]
+    fn bf16_layers_agree_with_f32() -> Result<()> {
+        let x = ramp(&[2, 6, 9, 7], 0.02)?;
+        let weight = ramp(&[5, 6, 3, 3], 0.01)?;
+        let bias = ramp(&[5], 0.1)?;
+        let config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let want = Conv2d::new(weight.clone(), Some(bias.clone()), config)?.forward(&x)?;
+        let bf16 = |t: &Tensor| t.to_dtype(DType::BF16);
+        for kernel in [Microkernel::Avx512Bf16, Microkernel::Portable] {
+            if !kernel.is_supported() {
+                continue;
+            }
+            let layer =
+                Conv2d::with_bf16_kernel(bf16(&weight)?, Some(bf16(&bias)?), config, kernel)?;
+            let expected_backend = match kernel {
+                Microkernel::Avx512Bf16 => matches!(layer.backend, Backend::PackedBf16(_)),
+                Microkernel::Portable => matches!(layer.backend, Backend::WidenedBf16(_)),
+            };
+            assert!(expected_backend, "{kernel:?}: {:?}", layer.backend);
+            let got = layer.forward(&bf16(&x)?)?;
+            assert_eq!(got.dtype(), DType::BF16);
+            let diff = (got.to_dtype(DType::F32)? - &want)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(diff < 0.2, "{kernel:?}: max difference {diff}");
+        }
         Ok(())
     }
 

@@ -1,10 +1,14 @@
-//! A linear layer y = x Wᵀ + b: imago's packed GEMM kernel for f32 weights on the CPU, candle's
-//! matmul everywhere else (other devices, f16/bf16 compute).
+//! A linear layer y = x Wᵀ + b: imago's packed GEMM kernels for f32 and bf16 weights on the
+//! CPU, candle's matmul everywhere else (other devices, f16 compute).
+//!
+//! bf16 runs the AVX512-BF16 kernel where the CPU has it, else the f32 kernel on widened inputs
+//! with the output rounded back to bf16 (candle's CPU matmul has no bf16 kernel).
 
 use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
+use imago_kernels::gemm_bf16::{LinearBf16, Microkernel};
 use imago_kernels::LinearKernel;
 
 #[derive(Debug, Clone)]
@@ -16,16 +20,41 @@ pub struct Linear {
 enum Backend {
     /// The weight packed once at load; the layer keeps no other copy of it.
     Packed(Arc<LinearKernel>),
+    /// bf16 weights packed once for the AVX512-BF16 kernel: bf16 in, f32 sums, bf16 out.
+    PackedBf16(Arc<LinearBf16>),
+    /// bf16 weights on a CPU without AVX512-BF16: packed as f32 for the f32 kernel, which runs
+    /// on the widened input; the output is rounded back to bf16.
+    WidenedBf16(Arc<LinearKernel>),
     Candle(candle_nn::Linear),
 }
 
 impl Linear {
     /// A layer over `weight` (out, in) and an optional `bias` (out).
     pub fn new(weight: Tensor, bias: Option<Tensor>) -> Result<Self> {
-        let backend = if weight.device().is_cpu() && weight.dtype() == DType::F32 {
-            Backend::Packed(Arc::new(LinearKernel::new(&weight, bias.as_ref())?))
-        } else {
-            Backend::Candle(candle_nn::Linear::new(weight, bias))
+        Self::with_bf16_kernel(weight, bias, Microkernel::detect())
+    }
+
+    /// As [`Linear::new`], with bf16 weights taking the AVX512-BF16 kernel only if `bf16_kernel`
+    /// is that one (tests pass the portable one to run the widening fallback).
+    fn with_bf16_kernel(
+        weight: Tensor,
+        bias: Option<Tensor>,
+        bf16_kernel: Microkernel,
+    ) -> Result<Self> {
+        let on_cpu = weight.device().is_cpu();
+        let backend = match weight.dtype() {
+            DType::F32 if on_cpu => {
+                Backend::Packed(Arc::new(LinearKernel::new(&weight, bias.as_ref())?))
+            }
+            DType::BF16 if on_cpu && bf16_kernel == Microkernel::Avx512Bf16 => {
+                Backend::PackedBf16(Arc::new(LinearBf16::new(&weight, bias.as_ref())?))
+            }
+            DType::BF16 if on_cpu => {
+                let weight = weight.to_dtype(DType::F32)?;
+                let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+                Backend::WidenedBf16(Arc::new(LinearKernel::new(&weight, bias.as_ref())?))
+            }
+            _ => Backend::Candle(candle_nn::Linear::new(weight, bias)),
         };
         Ok(Self { backend })
     }
@@ -34,6 +63,7 @@ impl Linear {
     pub fn dtype(&self) -> DType {
         match &self.backend {
             Backend::Packed(_) => DType::F32,
+            Backend::PackedBf16(_) | Backend::WidenedBf16(_) => DType::BF16,
             Backend::Candle(linear) => linear.weight().dtype(),
         }
     }
@@ -43,6 +73,10 @@ impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         match &self.backend {
             Backend::Packed(kernel) => kernel.forward(x),
+            Backend::PackedBf16(kernel) => kernel.forward(x),
+            Backend::WidenedBf16(kernel) => kernel
+                .forward(&x.to_dtype(DType::F32)?)?
+                .to_dtype(DType::BF16),
             Backend::Candle(linear) => linear.forward(x),
         }
     }
@@ -86,6 +120,40 @@ mod tests {
         assert_eq!(ours.dims(), theirs.dims());
         let diff = (ours - theirs)?.abs()?.max_all()?.to_scalar::<f32>()?;
         assert!(diff < 1e-5, "max difference {diff}");
+        Ok(())
+    }
+
+    /// bf16 layers (the AVX512-BF16 kernel where this CPU has it, and the widening fallback)
+    /// against the f32 layer. Rounding x and w to bf16 moves each product by <= 2^-8 of |x w|
+    /// (|x| <= 1, |w| <= 0.5, 24 products: <= 0.05 in all), the bias (|b| <= 5) and the output
+    /// (|y| <= 17) by <= 2^-9 of their size (0.01 and 0.035); 0.1 holds every correct path,
+    /// while a broken one is off by about the values themselves.
+    #[test]
+    fn bf16_layers_agree_with_f32() -> Result<()> {
+        let x = ramp(&[2, 5, 24], 0.02)?;
+        let weight = ramp(&[7, 24], 0.01)?;
+        let bias = ramp(&[7], 0.1)?;
+        let want = Linear::new(weight.clone(), Some(bias.clone()))?.forward(&x)?;
+        let bf16 = |t: &Tensor| t.to_dtype(DType::BF16);
+        for kernel in [Microkernel::Avx512Bf16, Microkernel::Portable] {
+            if !kernel.is_supported() {
+                continue;
+            }
+            let layer = Linear::with_bf16_kernel(bf16(&weight)?, Some(bf16(&bias)?), kernel)?;
+            assert_eq!(layer.dtype(), DType::BF16);
+            let expected_backend = match kernel {
+                Microkernel::Avx512Bf16 => matches!(layer.backend, Backend::PackedBf16(_)),
+                Microkernel::Portable => matches!(layer.backend, Backend::WidenedBf16(_)),
+            };
+            assert!(expected_backend, "{kernel:?}: {:?}", layer.backend);
+            let got = layer.forward(&bf16(&x)?)?;
+            assert_eq!((got.dims(), got.dtype()), (want.dims(), DType::BF16));
+            let diff = (got.to_dtype(DType::F32)? - &want)?
+                .abs()?
+                .max_all()?
+                .to_scalar::<f32>()?;
+            assert!(diff < 0.1, "{kernel:?}: max difference {diff}");
+        }
         Ok(())
     }
 

@@ -132,13 +132,6 @@ impl LoadedModel {
     ) -> Result<Self> {
         let family = family_of(store.pipeline_class())?;
         let dtype = dtype.resolve(device, DType::F16);
-        if device.is_cpu() && dtype == DType::BF16 {
-            // candle's CPU matmul and convolution have no bf16 kernels.
-            return Err(ModelError::invalid(
-                "dtype",
-                "bf16 is not supported on the CPU (its matmul and convolution kernels are f32/f16 only); use f32 or f16",
-            ));
-        }
         tracing::info!(model = %id, from = %store.describe(), family = family.as_str(), ?dtype, "loading model");
         let pipeline = match family {
             Family::Flux => DiffusionPipeline::Flux(Box::new(FluxPipeline::load(
