@@ -52,7 +52,7 @@ pub fn group_norm(
 ) -> Result<GroupNorm> {
     let weight = vb.get(channels, "weight")?;
     let bias = vb.get(channels, "bias")?;
-    if num_groups == 0 || channels % num_groups != 0 {
+    if num_groups == 0 || !channels.is_multiple_of(num_groups) {
         candle_core::bail!(
             "group norm {}: {channels} channels are not divisible by {num_groups} groups",
             vb.prefix()
