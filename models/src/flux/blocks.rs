@@ -36,8 +36,8 @@ impl GeluFeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        // candle's `gelu` is the tanh approximation.
-        self.out.forward(&self.proj.forward(x)?.gelu()?)
+        self.out
+            .forward(&imago_kernels::gelu_tanh(&self.proj.forward(x)?)?)
     }
 }
 
@@ -116,7 +116,7 @@ impl FluxSingleTransformerBlock {
     /// same computation.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, rope: &RotaryEmbedding) -> Result<Tensor> {
         let (normed, gate) = self.norm.forward(x, temb)?;
-        let mlp = self.proj_mlp.forward(&normed)?.gelu()?;
+        let mlp = imago_kernels::gelu_tanh(&self.proj_mlp.forward(&normed)?)?;
         let attn = self.attn.forward(&normed, rope)?;
         let mixed = self
             .proj_out

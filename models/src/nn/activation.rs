@@ -32,7 +32,7 @@ impl Activation {
                 let softplus = (x.relu()? + x.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?)?;
                 x * softplus.tanh()?
             }
-            Self::Gelu => x.gelu_erf(),
+            Self::Gelu => imago_kernels::gelu_erf(x),
             Self::Relu => x.relu(),
         }
     }

@@ -73,6 +73,9 @@ impl Attention {
 
 /// softmax(q k^T / sqrt(head_dim)) v over `heads` heads; inputs and output are
 /// (batch, tokens, heads * head_dim).
+///
+/// On the CPU this is imago-kernels' tiled attention (no score matrix in memory, each sample's
+/// result independent of the batch); elsewhere candle's matmul and softmax.
 pub fn scaled_dot_product_attention(
     q: &Tensor,
     k: &Tensor,
@@ -83,6 +86,9 @@ pub fn scaled_dot_product_attention(
     #[cfg(feature = "flash-attn")]
     if let Some(out) = super::attention_cuda::flash_attention(q, k, v, heads, head_dim)? {
         return Ok(out);
+    }
+    if q.device().is_cpu() {
+        return imago_kernels::scaled_dot_product_attention(q, k, v, heads, head_dim);
     }
     let (batch, q_len, _) = q.dims3()?;
     let kv_len = k.dim(1)?;

@@ -195,9 +195,9 @@ impl EncoderLayer {
 
 fn activate(x: &Tensor, activation: ClipActivation) -> candle_core::Result<Tensor> {
     match activation {
-        ClipActivation::QuickGelu => x * candle_nn::ops::sigmoid(&(x * 1.702)?)?,
-        ClipActivation::Gelu => x.gelu_erf(),
-        ClipActivation::GeluTanh => x.gelu(),
+        ClipActivation::QuickGelu => imago_kernels::quick_gelu(x),
+        ClipActivation::Gelu => imago_kernels::gelu_erf(x),
+        ClipActivation::GeluTanh => imago_kernels::gelu_tanh(x),
         ClipActivation::Relu => x.relu(),
         ClipActivation::Silu => x.silu(),
     }

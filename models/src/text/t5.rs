@@ -263,8 +263,8 @@ impl T5FeedForward {
 fn activate(x: &Tensor, activation: T5Activation) -> candle_core::Result<Tensor> {
     match activation {
         T5Activation::Relu => x.relu(),
-        T5Activation::Gelu => x.gelu_erf(),
-        T5Activation::GeluTanh => x.gelu(),
+        T5Activation::Gelu => imago_kernels::gelu_erf(x),
+        T5Activation::GeluTanh => imago_kernels::gelu_tanh(x),
         T5Activation::Silu => x.silu(),
     }
 }

@@ -1,0 +1,38 @@
+//! Storage element types the hand-written kernels read and write through f32.
+
+use half::{bf16, f16, slice::HalfFloatSliceExt};
+
+/// f32, f16 or bf16: the kernels compute in f32 and convert whole runs of values at once.
+pub(crate) trait Element: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+    /// Writes `src` as f32 into `dst` (same length).
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]);
+    /// Writes `src` rounded to this type into `dst` (same length).
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]);
+}
+
+impl Element for f32 {
+    const ZERO: Self = 0.0;
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+        dst.copy_from_slice(src);
+    }
+}
+
+macro_rules! half_element {
+    ($t:ty) => {
+        impl Element for $t {
+            const ZERO: Self = <$t>::ZERO;
+            fn to_f32_slice(src: &[Self], dst: &mut [f32]) {
+                src.convert_to_f32_slice(dst);
+            }
+            fn from_f32_slice(src: &[f32], dst: &mut [Self]) {
+                dst.convert_from_f32_slice(src);
+            }
+        }
+    };
+}
+half_element!(f16);
+half_element!(bf16);
