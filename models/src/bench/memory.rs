@@ -71,7 +71,9 @@ pub fn count_parameters(
         .iter()
         .map(|&component| {
             let counter = ParameterCounter::default();
-            let vb = VarBuilder::from_backend(Box::new(counter.clone()), DType::F32, Device::Cpu);
+            // f64: no packed CPU kernel takes it, so the layers keep the broadcast placeholders
+            // instead of packing (allocating) a copy of every weight.
+            let vb = VarBuilder::from_backend(Box::new(counter.clone()), DType::F64, Device::Cpu);
             match component {
                 "unet" => {
                     let config: UNetConfig = store.config(component)?;

@@ -1,7 +1,7 @@
 //! Several compatible requests in one run: each keeps its own seed, prompt, `n`, scheduler state
-//! and observer; they share one step loop, and at each step their UNet evaluations run side by
-//! side on their own threads (see [`denoise_step`] for why not as one concatenated batch). Each
-//! request is decoded on its own, so every request gets the bytes it would get alone (checked by
+//! and observer; they share one step loop, and at each step one UNet call evaluates all their rows
+//! (see [`denoise_step`] for why that keeps each request's bits). Each request is decoded on its
+//! own, so every request gets the bytes it would get alone (checked by
 //! `tests::batched_images_equal_solo_runs`).
 //!
 //! Batched: Stable Diffusion / SDXL text-to-image requests with the same size, steps, guidance,
@@ -186,13 +186,14 @@ fn prepare(
     })
 }
 
-/// One denoising step of every member: the UNet evaluations run side by side (one thread each),
-/// then each member's own scheduler step; returns each member's predicted x0.
+/// One denoising step of every member: one UNet call over all members' rows (each member's
+/// `[uncond; cond]` block, as its solo run lays it out, one after the other), then each member's
+/// own scheduler step; returns each member's predicted x0.
 ///
-/// Each member keeps its own UNet call, with exactly the rows its solo run has: candle's CPU
-/// matmul gives different bits for the same row when the number of rows changes (measured:
-/// a 320 -> 1280 linear differs by 3e-5 between 1 and 2 rows, a 768-wide one by 1e-4 between 64
-/// and 128), so rows concatenated along the batch would not reproduce the solo images.
+/// The joined call gives every row the bits of its solo run because every CPU kernel the UNet
+/// runs computes a row (or a sample) the same way whatever the number of rows: imago-kernels'
+/// GEMM, convolution, attention and GroupNorm fix their reduction order independently of the
+/// batch (see `kernels/src/gemm`), and the rest is element-wise or per row.
 fn denoise_step(
     sd: &StableDiffusionPipeline,
     members: &mut [Member],
@@ -210,33 +211,37 @@ fn denoise_step(
         };
         inputs.push(m.scheduler.scale_model_input(&input, index)?);
     }
-    let predictions: Vec<Result<Tensor>> = std::thread::scope(|scope| {
-        let running: Vec<_> = members
-            .iter()
-            .zip(&inputs)
-            .map(|(m, input)| {
-                scope.spawn(move || {
-                    sd.predict_noise(input, timestep, &m.prompt.embeds, m.added.as_ref())
-                })
-            })
-            .collect();
-        running
-            .into_iter()
-            .map(|handle| {
-                handle
-                    .join()
-                    .unwrap_or_else(|_| Err(ModelError::Unsupported("the UNet panicked".into())))
-            })
-            .collect()
-    });
+    let rows: Vec<usize> = inputs.iter().map(|t| t.dims()[0]).collect();
+    let input = Tensor::cat(&inputs, 0)?;
+    let embeds: Vec<&Tensor> = members.iter().map(|m| &m.prompt.embeds).collect();
+    let embeds = Tensor::cat(&embeds, 0)?;
+    let added = joined_added_conditions(members)?;
+    let prediction = sd.predict_noise(&input, timestep, &embeds, added.as_ref())?;
     let mut x0 = Vec::with_capacity(members.len());
-    for (m, prediction) in members.iter_mut().zip(predictions) {
-        let own = apply_guidance(prediction?, m.latents.dims()[0], cfg, guidance)?;
+    let mut offset = 0;
+    for (m, rows) in members.iter_mut().zip(rows) {
+        let own = prediction.narrow(0, offset, rows)?;
+        offset += rows;
+        let own = apply_guidance(own, m.latents.dims()[0], cfg, guidance)?;
         let out = m.scheduler.step(&own, index, &m.latents, &mut m.rng)?;
         m.latents = out.prev_sample;
         x0.push(out.pred_original_sample);
     }
     Ok(x0)
+}
+
+/// SDXL's added conditions of every member, rows in member order; `None` for SD 1.x/2.x.
+fn joined_added_conditions(members: &[Member]) -> Result<Option<AddedConditions>> {
+    let added: Option<Vec<&AddedConditions>> = members.iter().map(|m| m.added.as_ref()).collect();
+    let Some(added) = added else {
+        return Ok(None);
+    };
+    let text_embeds: Vec<&Tensor> = added.iter().map(|a| &a.text_embeds).collect();
+    let time_ids: Vec<&Tensor> = added.iter().map(|a| &a.time_ids).collect();
+    Ok(Some(AddedConditions {
+        text_embeds: Tensor::cat(&text_embeds, 0)?,
+        time_ids: Tensor::cat(&time_ids, 0)?,
+    }))
 }
 
 /// Decodes one member's latents on their own, as its solo run would.
