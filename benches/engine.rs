@@ -293,8 +293,15 @@ fn group_norm(c: &mut Criterion) {
     group.finish();
 }
 
+/// The allocator setting `imago` applies at start-up (see `imago_models::allocator`), so the
+/// figures are the server's.
+fn allocator(_: &mut Criterion) {
+    imago_models::allocator::keep_tensor_pages();
+}
+
 criterion_group!(
     benches,
+    allocator,
     tiny_models,
     real_architectures,
     previews,

@@ -1,5 +1,6 @@
 //! imago's diffusion engine: loaders, text encoders, UNet, VAE, schedulers and pipelines on candle.
 //! No async runtime and no HTTP here: the server reaches this crate through a dedicated thread.
+pub mod allocator;
 pub mod bench;
 pub mod builtin;
 pub mod device;
