@@ -293,8 +293,8 @@ fn group_norm(c: &mut Criterion) {
     group.finish();
 }
 
-/// The allocator setting `imago` applies at start-up (see `imago_models::allocator`), so the
-/// figures are the server's.
+/// The allocator setting `imago bench` and `imago generate` apply (see `imago_models::allocator`),
+/// so the figures are theirs.
 fn allocator(_: &mut Criterion) {
     imago_models::allocator::keep_tensor_pages();
 }

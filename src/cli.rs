@@ -368,7 +368,6 @@ pub struct GenerateArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format);
-    imago_models::allocator::keep_tensor_pages();
     let result = match cli.command {
         Command::Serve(args) => commands::serve::run(*args),
         Command::Generate(args) => commands::generate::run(*args),
