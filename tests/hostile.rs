@@ -334,6 +334,11 @@ fn a_48_mib_body_is_refused_with_413_before_it_is_read() {
     assert_eq!(reply.status, 413);
     assert_eq!(reply.json()["error"]["code"], "request_too_large");
     let (_, peak_after) = memory_of(server.pid());
+    eprintln!(
+        "server peak memory {} -> {} MiB",
+        peak_before >> 20,
+        peak_after >> 20
+    );
     assert!(
         peak_after.saturating_sub(peak_before) < 48 << 20,
         "the server's peak memory grew by {} MiB",

@@ -5,9 +5,9 @@
 //! and an `munmap` when dropped (the SD2 VAE decode at 512x512: 12.4 s, 9.1 s with this setting).
 //! Keeping blocks up to [`MMAP_THRESHOLD`] in the heap, and trimming the heap only past
 //! [`TRIM_THRESHOLD`] of free space, lets those pages be reused. The cost: a growing buffer is
-//! copied on every realloc instead of remapped, and freed memory stays with the process, so
-//! `imago generate` and `imago bench` use it and the server does not (its request-body limit
-//! test measures the peak of a 32 MiB body).
+//! copied on every realloc instead of remapped (the server therefore joins a request body once
+//! at its final size), and freed memory stays with the process up to the trim threshold.
+//! `imago serve`, `imago generate` and `imago bench` apply it at start-up.
 
 /// Blocks below this are served from the heap (glibc caps its own adaptive threshold at 32 MiB).
 pub const MMAP_THRESHOLD: usize = 256 << 20;

@@ -46,10 +46,15 @@ pub async fn buffer(State(state): State<AppState>, request: Request, next: Next)
 }
 
 /// The whole body, at most `limit` bytes, with no gap between chunks longer than `idle`.
+///
+/// Chunks are kept as they arrive and joined once at the end into a buffer of the exact size:
+/// a growing buffer would copy on every doubling (the engine's allocator setting keeps such
+/// blocks in the heap, where realloc copies instead of remapping), so a body near the limit
+/// would briefly need twice its size.
 async fn read_capped(body: Body, limit: usize, idle: Duration) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
-    let mut first: Option<Bytes> = None;
-    let mut rest: Vec<u8> = Vec::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
     loop {
         let chunk = match tokio::time::timeout(idle, stream.next()).await {
             Err(_) => return Err(ApiError::BodyStalled { timeout: idle }),
@@ -61,19 +66,53 @@ async fn read_capped(body: Body, limit: usize, idle: Duration) -> Result<Bytes, 
             }
             Ok(Some(Ok(chunk))) => chunk,
         };
-        let so_far = first.as_ref().map_or(0, Bytes::len) + rest.len();
-        if so_far + chunk.len() > limit {
+        total += chunk.len();
+        if total > limit {
             return Err(ApiError::BodyTooLarge { limit });
         }
-        // A body of one chunk (the usual case) is passed on without a copy.
-        match first.take() {
-            None if rest.is_empty() => first = Some(chunk),
-            None => rest.extend_from_slice(&chunk),
-            Some(head) => {
-                rest.extend_from_slice(&head);
-                rest.extend_from_slice(&chunk);
-            }
+        if !chunk.is_empty() {
+            chunks.push(chunk);
         }
     }
-    Ok(first.unwrap_or_else(|| Bytes::from(rest)))
+    Ok(join(chunks, total))
+}
+
+/// One buffer holding `chunks` in order; a single chunk (the usual case) is passed on as is.
+fn join(mut chunks: Vec<Bytes>, total: usize) -> Bytes {
+    if chunks.len() <= 1 {
+        return chunks.pop().unwrap_or_default();
+    }
+    let mut joined = Vec::with_capacity(total);
+    for chunk in &chunks {
+        joined.extend_from_slice(chunk);
+    }
+    Bytes::from(joined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_chunks_in_order_into_an_exact_buffer() {
+        let chunks = vec![Bytes::from_static(b"ab"), Bytes::from_static(b"cde")];
+        assert_eq!(join(chunks, 5), Bytes::from_static(b"abcde"));
+        assert_eq!(
+            join(vec![Bytes::from_static(b"x")], 1),
+            Bytes::from_static(b"x")
+        );
+        assert!(join(Vec::new(), 0).is_empty());
+    }
+
+    #[tokio::test]
+    async fn refuses_a_body_one_byte_over_the_limit() {
+        let body = |n: usize| Body::from(vec![b'a'; n]);
+        let idle = Duration::from_secs(5);
+        assert_eq!(read_capped(body(8), 8, idle).await.unwrap().len(), 8);
+        let err = read_capped(body(9), 8, idle).await.unwrap_err();
+        assert!(
+            matches!(err, ApiError::BodyTooLarge { limit: 8 }),
+            "{err:?}"
+        );
+    }
 }

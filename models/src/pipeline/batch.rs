@@ -1,8 +1,8 @@
 //! Several compatible requests in one run: each keeps its own seed, prompt, `n`, scheduler state
 //! and observer; they share one step loop, and at each step one UNet call evaluates all their rows
-//! (see [`denoise_step`] for why that keeps each request's bits). Each request is decoded on its
-//! own, so every request gets the bytes it would get alone (checked by
-//! `tests::batched_images_equal_solo_runs`).
+//! (see [`denoise_step`] for why that keeps each request's bits). Small images are decoded
+//! together too ([`decode_groups`]), with the same guarantee: every request gets the bytes it
+//! would get alone (checked by `tests::batched_images_equal_solo_runs`).
 //!
 //! Batched: Stable Diffusion / SDXL text-to-image requests with the same size, steps, guidance,
 //! scheduler and `max_sequence_length` ([`batch_key`]). Anything else (image-to-image, FLUX) runs
@@ -147,9 +147,15 @@ fn run_sd_batch(
         }
     }
     let denoise = denoise_started.elapsed();
-    for member in members {
-        let index = member.index;
-        results[index] = Some(finish(sd, member, &requests[index], total, denoise));
+    let pixels_per_member = reference.width * reference.height;
+    let images = members.iter().map(|m| m.latents.dims()[0]);
+    for group in decode_groups(images, pixels_per_member) {
+        let group_members: Vec<Member> = members.drain(..group).collect();
+        let indices: Vec<usize> = group_members.iter().map(|m| m.index).collect();
+        let finished = finish_group(sd, group_members, requests, total, denoise);
+        for (index, result) in indices.into_iter().zip(finished) {
+            results[index] = Some(result);
+        }
     }
     results
         .into_iter()
@@ -244,32 +250,82 @@ fn joined_added_conditions(members: &[Member]) -> Result<Option<AddedConditions>
     }))
 }
 
-/// Decodes one member's latents on their own, as its solo run would.
-fn finish(
+/// Decoded output pixels (images x width x height) up to which members share one VAE call: one
+/// 512x512 image's worth. Below it a decode is dominated by per-layer overhead, which a joined
+/// call pays once; above it joining gains nothing and would multiply the decode's memory.
+const JOINED_DECODE_PIXELS: usize = 512 * 512;
+
+/// Sizes of the consecutive groups of members (given by their image counts) decoded together:
+/// each group's images fit in [`JOINED_DECODE_PIXELS`], or it is a single member.
+fn decode_groups(images: impl Iterator<Item = usize>, pixels_per_image: usize) -> Vec<usize> {
+    let mut groups = Vec::new();
+    let (mut size, mut pixels) = (0usize, 0usize);
+    for count in images {
+        let own = count * pixels_per_image;
+        if size > 0 && pixels + own > JOINED_DECODE_PIXELS {
+            groups.push(size);
+            (size, pixels) = (0, 0);
+        }
+        size += 1;
+        pixels += own;
+    }
+    if size > 0 {
+        groups.push(size);
+    }
+    groups
+}
+
+/// Decodes a group of members in one VAE call and gives each its images. Every decoder kernel
+/// treats samples independently (as the UNet's, see [`denoise_step`]), so each member's rows
+/// come out with the bits of its solo decode.
+fn finish_group(
     sd: &StableDiffusionPipeline,
-    member: Member,
-    request: &GenerationRequest,
+    members: Vec<Member>,
+    requests: &[GenerationRequest],
     total: usize,
     denoise: Duration,
-) -> Result<Generation> {
+) -> Vec<Result<Generation>> {
     let decode_started = Instant::now();
-    let decoded = sd.decode_latents(&member.latents)?;
-    let images = image_io::to_rgb_images(&decoded)?;
-    Ok(Generation {
-        images,
-        decoded,
-        seed: request.seed,
-        width: request.width,
-        height: request.height,
-        steps_run: total,
-        prompt_truncated: member.prompt.truncated,
-        prompt_tokens: member.prompt_tokens,
-        timings: Timings {
-            text_encode: member.text_encode,
-            denoise,
-            decode: decode_started.elapsed(),
-        },
-    })
+    let latents: Vec<&Tensor> = members.iter().map(|m| &m.latents).collect();
+    let decoded = match Tensor::cat(&latents, 0)
+        .map_err(ModelError::from)
+        .and_then(|joined| sd.decode_latents(&joined))
+    {
+        Ok(decoded) => decoded,
+        Err(err) => {
+            let message = err.to_string();
+            return members
+                .iter()
+                .map(|_| Err(ModelError::Candle(candle_core::Error::Msg(message.clone()))))
+                .collect();
+        }
+    };
+    let decode = decode_started.elapsed();
+    let mut offset = 0;
+    members
+        .into_iter()
+        .map(|member| -> Result<Generation> {
+            let rows = member.latents.dims()[0];
+            let own = decoded.narrow(0, offset, rows)?.contiguous()?;
+            offset += rows;
+            let request = &requests[member.index];
+            Ok(Generation {
+                images: image_io::to_rgb_images(&own)?,
+                decoded: own,
+                seed: request.seed,
+                width: request.width,
+                height: request.height,
+                steps_run: total,
+                prompt_truncated: member.prompt.truncated,
+                prompt_tokens: member.prompt_tokens,
+                timings: Timings {
+                    text_encode: member.text_encode,
+                    denoise,
+                    decode,
+                },
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -382,6 +438,20 @@ mod tests {
         assert!(matches!(results[0], Err(ModelError::Cancelled)));
         let kept = results[1].as_ref().unwrap();
         assert!(kept.images[0].as_raw() == alone.images[0].as_raw());
+    }
+
+    #[test]
+    fn small_images_share_decodes_up_to_one_512_image() {
+        let groups = |counts: &[usize], pixels| decode_groups(counts.iter().copied(), pixels);
+        // Eight 128x128 single images: 131072 pixels, one call.
+        assert_eq!(groups(&[1; 8], 128 * 128), vec![8]);
+        // 256x256: four per call.
+        assert_eq!(groups(&[1; 8], 256 * 256), vec![4, 4]);
+        // Members of n = 3 at 256x256: one member (3 images) fits, a second does not.
+        assert_eq!(groups(&[3, 3, 1], 256 * 256), vec![1, 2]);
+        // At 512x512 and above every member decodes alone, even one larger than the budget.
+        assert_eq!(groups(&[1, 2, 1], 512 * 512), vec![1, 1, 1]);
+        assert!(groups(&[], 64).is_empty());
     }
 
     #[test]
