@@ -293,15 +293,16 @@ fn group_norm(c: &mut Criterion) {
     group.finish();
 }
 
-/// The allocator setting `imago bench` and `imago generate` apply (see `imago_models::allocator`),
-/// so the figures are theirs.
-fn allocator(_: &mut Criterion) {
+/// The process settings every `imago` command applies at start-up (`imago_models::allocator`,
+/// `imago_models::candle_pool`), so the figures are the server's and the CLI's.
+fn process_settings(_: &mut Criterion) {
+    imago_models::candle_pool::limit_idle_spinning();
     imago_models::allocator::keep_tensor_pages();
 }
 
 criterion_group!(
     benches,
-    allocator,
+    process_settings,
     tiny_models,
     real_architectures,
     previews,

@@ -366,6 +366,9 @@ pub struct GenerateArgs {
 
 /// Parses the command line, runs the command, and maps errors to a one-line message and exit code.
 pub fn main() -> ExitCode {
+    // Process-wide engine settings, while this is the only thread.
+    imago_models::candle_pool::limit_idle_spinning();
+    imago_models::allocator::keep_tensor_pages();
     let cli = Cli::parse();
     init_logging(&cli.log, cli.log_format);
     let result = match cli.command {

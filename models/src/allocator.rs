@@ -7,7 +7,7 @@
 //! [`TRIM_THRESHOLD`] of free space, lets those pages be reused. The cost: a growing buffer is
 //! copied on every realloc instead of remapped (the server therefore joins a request body once
 //! at its final size), and freed memory stays with the process up to the trim threshold.
-//! `imago serve`, `imago generate` and `imago bench` apply it at start-up.
+//! Every `imago` command applies it at start-up.
 
 /// Blocks below this are served from the heap (glibc caps its own adaptive threshold at 32 MiB).
 pub const MMAP_THRESHOLD: usize = 256 << 20;

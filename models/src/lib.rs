@@ -3,6 +3,7 @@
 pub mod allocator;
 pub mod bench;
 pub mod builtin;
+pub mod candle_pool;
 pub mod device;
 pub mod error;
 pub mod flux;

@@ -5,9 +5,6 @@ use imago_models::bench::{BenchOptions, BenchReport};
 use crate::cli::BenchArgs;
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    // One process, one job: keep tensor temporaries' pages (not done by `serve`, whose request
-    // bodies would then be copied on every realloc; see imago_models::allocator).
-    imago_models::allocator::keep_tensor_pages();
     let device = args.device.open().context("cannot open --device")?;
     let options = BenchOptions {
         architecture: args.family,

@@ -15,9 +15,6 @@ use crate::cli::GenerateArgs;
 use crate::output::write_pngs;
 
 pub fn run(args: GenerateArgs) -> Result<()> {
-    // One process, one job: keep tensor temporaries' pages (not done by `serve`, whose request
-    // bodies would then be copied on every realloc; see imago_models::allocator).
-    imago_models::allocator::keep_tensor_pages();
     // Read the input image first: a bad path should fail before minutes of model loading.
     let init_image = match &args.image {
         Some(path) => Some(

@@ -9,7 +9,6 @@ use crate::config::{self, ApiKey, KeyLimits, Limits, ServerConfig};
 use crate::imaging::ReferenceLimits;
 
 pub fn run(args: ServeArgs) -> Result<()> {
-    imago_models::allocator::keep_tensor_pages();
     let hub = crate::hub::HubConfig::from_env(args.offline);
     let config = server_config(args)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
