@@ -71,7 +71,7 @@ impl Plan {
             .clamp(1, dims.out_h);
         let band_plane = (band_rows + halo) * width;
         let taps = dims.kernel_h * dims.kernel_w;
-        let offsets = (0..dims.depth())
+        let offsets: Vec<usize> = (0..dims.depth())
             .map(|k| {
                 let (ci, ky, kx) = (k / taps, (k % taps) / dims.kernel_w, k % dims.kernel_w);
                 ci * band_plane + ky * g.dilation * width + kx * g.dilation
@@ -79,8 +79,14 @@ impl Plan {
             .collect();
         // The furthest read: the last tile of the band's last row (start < its output width
         // out_w = width - (kw - 1)·d) at the largest offset, plus NR values, stays below
-        // in_channels · band_plane + nr.
+        // in_channels · band_plane + nr. The microkernel's reads rely on it: check it.
         let band_len = dims.in_channels * band_plane + nr;
+        let last_tile = (band_rows - 1) * width + (dims.out_w - 1) / nr * nr;
+        let furthest = offsets.iter().max().map_or(0, |&o| last_tile + o + nr);
+        assert!(
+            furthest <= band_len,
+            "conv2d_direct: tiles read past the band ({furthest} > {band_len})"
+        );
         Self {
             dims,
             out_channels,
@@ -303,6 +309,10 @@ impl Step<'_> {
         edge: &mut [f32],
     ) {
         let (mr, nr) = (self.kernel.mr, self.kernel.nr);
+        assert!(
+            self.a_panel.len() >= mr * self.kc && self.offsets.len() == self.kc,
+            "conv2d_direct: weight panel or offsets shorter than the K-block"
+        );
         let b = band.wrapping_add(tile.b);
         if self.panel_rows == mr && tile.cols == nr {
             let c = out.ptr.wrapping_add(self.mp * positions + tile.c);
