@@ -1,5 +1,7 @@
 //! The microkernels: C tile (MR x NR) += A panel · B panel, one fused multiply-add per k per
-//! element in increasing k order, and the run-time choice between them.
+//! element in increasing k order, and the run-time choice between them. Each kernel body is
+//! generic over where B's rows are ([`BRows`]): a packed panel, or rows read in place through a
+//! table of offsets (the stride-1 convolution), with the same arithmetic either way.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
