@@ -1,5 +1,6 @@
 //! `cargo bench`: the engine's stages per device, family and resolution tier, plus the preview
-//! decoders, image encoding, engine batching and the fused GroupNorm kernel. Group names carry
+//! decoders, image encoding, engine batching, the fused GroupNorm kernel and the f32 3x3
+//! convolution. Group names carry
 //! the device, the family and the tier: `cpu/sd2/512/unet_step`, `cpu/preview/512/taesd`.
 //!
 //! What runs is chosen by environment variables (comma-separated lists):
@@ -293,6 +294,36 @@ fn group_norm(c: &mut Criterion) {
     group.finish();
 }
 
+fn conv2d(c: &mut Criterion) {
+    // The SD VAE decoder's last up block at 512 px: 128 -> 128 channels, 3x3, padding 1, on a
+    // 512x512 plane; stride 1 reads the input in place, the im2col path packs it.
+    let mut rng = TorchGenerator::new(3);
+    let x = rng
+        .randn_tensor(&[1, 128, 512, 512], &Device::Cpu, DType::F32)
+        .unwrap();
+    let w = (rng
+        .randn_tensor(&[128, 128, 3, 3], &Device::Cpu, DType::F32)
+        .unwrap()
+        * 0.03)
+        .unwrap();
+    let b = Tensor::zeros(128, DType::F32, &Device::Cpu).unwrap();
+    let geometry = imago_kernels::Conv2dGeometry {
+        padding: 1,
+        stride: 1,
+        dilation: 1,
+    };
+    let kernel = imago_kernels::Conv2dKernel::new(&w, Some(&b), geometry).unwrap();
+    let mut group = c.benchmark_group("cpu/conv2d_3x3_128x128/512");
+    configure(&mut group);
+    group.bench_function("in_place", |bench| {
+        bench.iter(|| black_box(kernel.forward(&x).unwrap()))
+    });
+    group.bench_function("im2col", |bench| {
+        bench.iter(|| black_box(kernel.forward_im2col(&x).unwrap()))
+    });
+    group.finish();
+}
+
 /// The process settings every `imago` command applies at start-up (`imago_models::allocator`,
 /// `imago_models::candle_pool`), so the figures are the server's and the CLI's.
 fn process_settings(_: &mut Criterion) {
@@ -308,6 +339,7 @@ criterion_group!(
     previews,
     image_encoding,
     batching,
-    group_norm
+    group_norm,
+    conv2d
 );
 criterion_main!(benches);

@@ -1,10 +1,12 @@
 //! 2-D convolution over NCHW tensors (groups 1) as an implicit GEMM per sample:
 //! out[co, p] = W[co, k] · col[k, p], with W the (Cout, Cin·kh·kw) weight packed once as the
 //! left operand and col (the im2col matrix) packed block by block straight from the input, so
-//! the whole im2col matrix never exists. 1x1 stride-1 unpadded convolutions read the input as B
-//! directly. The bias is the GEMM's per-row bias. Each sample is its own GEMM, so a sample's
+//! the whole im2col matrix never exists. Stride-1 convolutions skip the packing: the microkernel
+//! reads B in place from a zero-padded copy of the input rows (`direct.rs`), with the same bits.
+//! 1x1 stride-1 unpadded convolutions read the input as B directly. The bias is the GEMM's per-row bias. Each sample is its own GEMM, so a sample's
 //! output does not depend on the batch (nor, by the GEMM's promise, on threads or sizes).
 
+mod direct;
 mod im2col;
 mod op;
 mod reference;

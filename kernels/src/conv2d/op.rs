@@ -4,6 +4,7 @@ use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Ten
 
 use crate::gemm::{gemm, Bias, GemmOutput, Isa, KMajor, PackedMatrix, PanelSource};
 
+use super::direct::{self, conv2d_direct};
 use super::im2col::Im2col;
 use super::{Conv2dGeometry, ConvDims};
 
@@ -78,9 +79,33 @@ impl Conv2dKernel {
         x.contiguous()?.apply_op1_no_bwd(self)
     }
 
+    /// As [`Conv2dKernel::forward`], but every convolution that is not 1x1 pointwise goes
+    /// through the packed im2col GEMM, the path strides above 1 take. Stride-1 convolutions
+    /// normally read the input in place instead, with the same bits: this is what tests hold
+    /// them to.
+    pub fn forward_im2col(&self, x: &Tensor) -> Result<Tensor> {
+        if !x.device().is_cpu() || x.dtype() != DType::F32 {
+            bail!(
+                "conv2d kernel: input must be f32 on the CPU, got {:?} on {:?}",
+                x.dtype(),
+                x.device()
+            );
+        }
+        x.contiguous()?.apply_op1_no_bwd(&Im2colOnly(self))
+    }
+
     fn dims(&self, input: (usize, usize, usize)) -> Result<ConvDims> {
         ConvDims::new(input, (self.kernel_h, self.kernel_w), self.geometry)
     }
+}
+
+/// Which way a convolution that is not pointwise is computed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    /// In place for stride 1, im2col packing otherwise.
+    Best,
+    /// im2col packing always.
+    Im2col,
 }
 
 impl CustomOp1 for Conv2dKernel {
@@ -89,6 +114,30 @@ impl CustomOp1 for Conv2dKernel {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.compute(storage, layout, Path::Best)
+    }
+}
+
+/// The kernel forced onto the im2col path ([`Conv2dKernel::forward_im2col`]).
+struct Im2colOnly<'a>(&'a Conv2dKernel);
+
+impl CustomOp1 for Im2colOnly<'_> {
+    fn name(&self) -> &'static str {
+        "imago-conv2d-im2col"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        self.0.compute(storage, layout, Path::Im2col)
+    }
+}
+
+impl Conv2dKernel {
+    fn compute(
+        &self,
+        storage: &CpuStorage,
+        layout: &Layout,
+        path: Path,
+    ) -> Result<(CpuStorage, Shape)> {
         let (batch, channels, height, width) = layout.shape().dims4()?;
         if channels != self.in_channels {
             bail!(
@@ -106,10 +155,16 @@ impl CustomOp1 for Conv2dKernel {
         let out_plane = self.out_channels * dims.positions();
         let mut out = vec![0f32; batch * out_plane];
         let bias = self.bias.as_deref().map_or(Bias::None, Bias::PerRow);
+        let in_place = path == Path::Best && direct::takes(&dims);
+        let kernel = self.isa.microkernel()?;
         for (sample, y) in input
             .chunks_exact(plane)
             .zip(out.chunks_exact_mut(out_plane))
         {
+            if in_place {
+                conv2d_direct(&kernel, &self.weight, self.bias.as_deref(), sample, dims, y);
+                continue;
+            }
             let c = GemmOutput::new(y, self.out_channels, dims.positions(), dims.positions())?;
             let pointwise;
             let im2col;

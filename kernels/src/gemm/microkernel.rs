@@ -1,5 +1,7 @@
 //! The microkernels: C tile (MR x NR) += A panel · B panel, one fused multiply-add per k per
-//! element in increasing k order, and the run-time choice between them.
+//! element in increasing k order, and the run-time choice between them. Each kernel body is
+//! generic over where B's rows are ([`BRows`]): a packed panel, or rows read in place through a
+//! table of offsets (the stride-1 convolution), with the same arithmetic either way.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -96,6 +98,15 @@ impl Isa {
 /// touching those elements, and the CPU must support the kernel's instruction set.
 pub type MicrokernelFn<T> = unsafe fn(kc: usize, a: *const T, b: *const T, c: *mut f32, ldc: usize);
 
+/// The same microkernel with B read in place: row k of B (its `nr` values for the tile) starts
+/// at `b + offsets[k]` instead of `b + k * nr`. Same sums, same order, same bits.
+///
+/// # Safety
+/// As [`MicrokernelFn`], with `offsets` readable for `kc` entries and `b + offsets[k] + j`
+/// readable for k < kc, j < nr.
+pub type OffsetsMicrokernelFn<T> =
+    unsafe fn(kc: usize, a: *const T, b: *const T, offsets: *const usize, c: *mut f32, ldc: usize);
+
 /// A microkernel and the panel widths it reads: MR rows of A, NR columns of B.
 #[derive(Clone, Copy, Debug)]
 pub struct Microkernel<T = f32> {
@@ -103,4 +114,42 @@ pub struct Microkernel<T = f32> {
     pub mr: usize,
     pub nr: usize,
     pub(crate) run: MicrokernelFn<T>,
+    pub(crate) run_at_offsets: OffsetsMicrokernelFn<T>,
+}
+
+/// Where a microkernel finds row k of B: one generic kernel body serves the packed panel and the
+/// in-place reads, so both do exactly the same arithmetic.
+pub(crate) trait BRows: Copy {
+    /// The first of row k's values.
+    ///
+    /// # Safety
+    /// k < kc of the call, whose contract makes the row's source valid.
+    unsafe fn row(self, k: usize) -> *const f32;
+}
+
+/// B as a packed panel: row k at `b + k * width`.
+#[derive(Clone, Copy)]
+pub(crate) struct PackedRows<const WIDTH: usize>(pub *const f32);
+
+impl<const WIDTH: usize> BRows for PackedRows<WIDTH> {
+    #[inline(always)]
+    unsafe fn row(self, k: usize) -> *const f32 {
+        self.0.wrapping_add(k * WIDTH)
+    }
+}
+
+/// B read in place: row k at `base + offsets[k]`.
+#[derive(Clone, Copy)]
+pub(crate) struct OffsetRows {
+    pub base: *const f32,
+    pub offsets: *const usize,
+}
+
+impl BRows for OffsetRows {
+    #[inline(always)]
+    unsafe fn row(self, k: usize) -> *const f32 {
+        // SAFETY: the caller keeps k below kc, and the call's contract makes `offsets` readable
+        // for kc entries.
+        self.base.wrapping_add(unsafe { *self.offsets.add(k) })
+    }
 }

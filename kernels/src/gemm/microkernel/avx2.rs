@@ -3,7 +3,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Isa, Microkernel};
+use super::{BRows, Isa, Microkernel, OffsetRows, PackedRows};
 
 const MR: usize = 6;
 const NR: usize = 16;
@@ -13,24 +13,42 @@ pub(super) const MICROKERNEL: Microkernel = Microkernel {
     mr: MR,
     nr: NR,
     run: tile_entry,
+    run_at_offsets: offsets_entry,
 };
 
 /// # Safety
 /// See [`super::MicrokernelFn`]; the CPU must support AVX2 and FMA.
 unsafe fn tile_entry(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
     // SAFETY: forwarded contract; Isa::microkernel hands this out only when avx2+fma are detected.
-    unsafe { tile(kc, a, b, c, ldc) }
+    unsafe { tile(kc, a, PackedRows::<NR>(b), c, ldc) }
+}
+
+/// # Safety
+/// See [`super::OffsetsMicrokernelFn`]; the CPU must support AVX2 and FMA.
+unsafe fn offsets_entry(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    offsets: *const usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let rows = OffsetRows { base: b, offsets };
+    // SAFETY: forwarded contract; Isa::microkernel hands this out only when avx2+fma are detected.
+    unsafe { tile(kc, a, rows, c, ldc) }
 }
 
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
-    // SAFETY (whole body): the caller guarantees a (kc * MR), b (kc * NR) and the C tile
-    // (r * ldc + j, r < MR, j < NR) are in bounds; unaligned loads/stores have no alignment need.
+unsafe fn tile<B: BRows>(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usize) {
+    // SAFETY (whole body): the caller guarantees a (kc * MR), B's rows (NR values each for
+    // k < kc) and the C tile (r * ldc + j, r < MR, j < NR) are in bounds; unaligned
+    // loads/stores have no alignment need.
     unsafe {
         let mut acc = [[_mm256_setzero_ps(); 2]; MR];
         for k in 0..kc {
-            let b0 = _mm256_loadu_ps(b.add(k * NR));
-            let b1 = _mm256_loadu_ps(b.add(k * NR + 8));
+            let b_k = b.row(k);
+            let b0 = _mm256_loadu_ps(b_k);
+            let b1 = _mm256_loadu_ps(b_k.add(8));
             let a_k = a.add(k * MR);
             for (r, row) in acc.iter_mut().enumerate() {
                 let a_rk = _mm256_set1_ps(*a_k.add(r));

@@ -1,7 +1,7 @@
 //! The portable microkernel: plain Rust, `f32::mul_add` so it matches the FMA kernels bit for
 //! bit.
 
-use super::{Isa, Microkernel};
+use super::{BRows, Isa, Microkernel, OffsetRows, PackedRows};
 
 const MR: usize = 4;
 const NR: usize = 8;
@@ -10,21 +10,41 @@ pub(super) const MICROKERNEL: Microkernel = Microkernel {
     isa: Isa::Portable,
     mr: MR,
     nr: NR,
-    run: tile,
+    run: tile_entry,
+    run_at_offsets: offsets_entry,
 };
 
 /// # Safety
 /// See [`super::MicrokernelFn`].
-unsafe fn tile(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
-    // SAFETY: the caller guarantees the extents of a, b and the C tile.
-    let (a, b) = unsafe {
-        (
-            std::slice::from_raw_parts(a, kc * MR),
-            std::slice::from_raw_parts(b, kc * NR),
-        )
-    };
+unsafe fn tile_entry(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+    // SAFETY: forwarded contract.
+    unsafe { tile(kc, a, PackedRows::<NR>(b), c, ldc) }
+}
+
+/// # Safety
+/// See [`super::OffsetsMicrokernelFn`].
+unsafe fn offsets_entry(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    offsets: *const usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let rows = OffsetRows { base: b, offsets };
+    // SAFETY: forwarded contract.
+    unsafe { tile(kc, a, rows, c, ldc) }
+}
+
+/// # Safety
+/// The caller guarantees a (kc * MR), B's rows (NR values each for k < kc) and the C tile.
+unsafe fn tile<B: BRows>(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usize) {
+    // SAFETY: the caller guarantees the extent of a.
+    let a = unsafe { std::slice::from_raw_parts(a, kc * MR) };
     let mut acc = [[0f32; NR]; MR];
-    for (a_k, b_k) in a.chunks_exact(MR).zip(b.chunks_exact(NR)) {
+    for (k, a_k) in a.chunks_exact(MR).enumerate() {
+        // SAFETY: k < kc, and row k holds NR readable values.
+        let b_k = unsafe { std::slice::from_raw_parts(b.row(k), NR) };
         for (row, &a_rk) in acc.iter_mut().zip(a_k) {
             for (v, &b_kj) in row.iter_mut().zip(b_k) {
                 *v = a_rk.mul_add(b_kj, *v);
