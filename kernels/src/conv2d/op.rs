@@ -1,6 +1,7 @@
 //! The convolution as a candle custom op holding its packed weight.
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use crate::gemm::{gemm, Bias, GemmOutput, Isa, KMajor, PackedMatrix, PanelSource};
 
@@ -157,13 +158,10 @@ impl Conv2dKernel {
         let bias = self.bias.as_deref().map_or(Bias::None, Bias::PerRow);
         let in_place = path == Path::Best && direct::takes(&dims);
         let kernel = self.isa.microkernel()?;
-        for (sample, y) in input
-            .chunks_exact(plane)
-            .zip(out.chunks_exact_mut(out_plane))
-        {
+        let one_sample = |(sample, y): (&[f32], &mut [f32])| -> Result<()> {
             if in_place {
                 conv2d_direct(&kernel, &self.weight, self.bias.as_deref(), sample, dims, y);
-                continue;
+                return Ok(());
             }
             let c = GemmOutput::new(y, self.out_channels, dims.positions(), dims.positions())?;
             let pointwise;
@@ -175,7 +173,21 @@ impl Conv2dKernel {
                 im2col = Im2col::new(sample, dims);
                 &im2col
             };
-            gemm(self.isa, &self.weight, b, c, bias, false)?;
+            gemm(self.isa, &self.weight, b, c, bias, false)
+        };
+        // Samples run in parallel too: a small plane alone is one task (one core), and a batch
+        // of them (a joined engine batch) would otherwise leave the other cores idle. A
+        // sample's bits do not depend on which thread computes it.
+        if batch > 1 {
+            input
+                .par_chunks_exact(plane)
+                .zip(out.par_chunks_exact_mut(out_plane))
+                .try_for_each(one_sample)?;
+        } else {
+            input
+                .chunks_exact(plane)
+                .zip(out.chunks_exact_mut(out_plane))
+                .try_for_each(one_sample)?;
         }
         let shape = Shape::from((batch, self.out_channels, dims.out_h, dims.out_w));
         Ok((CpuStorage::F32(out), shape))
