@@ -39,7 +39,7 @@ pub fn bands(
 
 /// Output rows `first..first + count` of `conv` (a 3x3 same-size convolution, see
 /// [`Conv2d::keeps_size_3x3`]) over an input of `height` rows, `input_rows(a, b)` giving input
-/// rows `a..b`.
+/// rows `a..b`; a view, not made contiguous (a following element-wise op need not copy it).
 pub fn conv_rows(
     conv: &Conv2d,
     height: usize,
@@ -53,7 +53,7 @@ pub fn conv_rows(
     let a = first.saturating_sub(1);
     let b = (first + count + 1).min(height);
     let out = conv.forward(&input_rows(a, b)?)?;
-    out.narrow(2, first - a, count)?.contiguous()
+    out.narrow(2, first - a, count)
 }
 
 /// `conv(rows(x))` for a whole tensor: `rows` normalizes `x` by bands, `conv` is a 3x3
@@ -76,7 +76,7 @@ pub fn normalized_conv(
                 out.insert(Tensor::zeros((n, co, h, w), band.dtype(), band.device())?)
             }
         };
-        out.slice_set(&band, 2, first)?;
+        out.slice_set(&band.contiguous()?, 2, first)?;
     }
     out.ok_or_else(|| candle_core::Error::Msg("banded convolution of an empty tensor".into()))
 }

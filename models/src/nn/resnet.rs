@@ -174,10 +174,12 @@ impl ResnetBlock2D {
             return Ok(None);
         };
         let (n, c, height, w) = h.dims4()?;
+        // Bands sized by the wider of the convolution's and the shortcut's input.
+        let widest = c.max(input.dim(1)?);
         // Band k's output is written over h only after band k + 1 has read its input rows
         // (which include band k's last row).
         let mut pending: Option<(usize, Tensor)> = None;
-        for (first, count) in bands(band_bytes, (n, c, height, w)) {
+        for (first, count) in bands(band_bytes, (n, widest, height, w)) {
             let conv = conv_rows(&self.conv2, height, first, count, |a, b| {
                 rows2.rows(&h, a, b - a)
             })?;

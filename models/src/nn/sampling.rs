@@ -97,7 +97,7 @@ impl Upsample2D {
                     )?)
                 }
             };
-            out.slice_set(&band, 2, first)?;
+            out.slice_set(&band.contiguous()?, 2, first)?;
         }
         out.ok_or_else(|| candle_core::Error::Msg("banded upsampling of an empty tensor".into()))
     }
