@@ -9,11 +9,13 @@ mod cpu;
 #[cfg(feature = "cuda")]
 mod cuda;
 mod reference;
+mod rows;
 
 use candle_core::{bail, DType, Result, Tensor};
 
 pub use cpu::GroupNormOp;
 pub use reference::group_norm_reference;
+pub use rows::GroupNormRows;
 
 /// Activation applied element-wise after the affine step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

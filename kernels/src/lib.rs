@@ -20,6 +20,6 @@ pub use conv2d::{conv2d_reference, Conv2dGeometry, Conv2dKernel};
 pub use gemm::{
     gemm, gemm_reference, Bias, GemmOutput, Isa, KMajor, LaneMajor, PackedMatrix, PanelSource,
 };
-pub use group_norm::{group_norm, group_norm_reference, Activation, GroupNormOp};
+pub use group_norm::{group_norm, group_norm_reference, Activation, GroupNormOp, GroupNormRows};
 pub use linear::{linear_reference, LinearKernel};
 pub use simd::Simd;

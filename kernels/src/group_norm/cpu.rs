@@ -103,7 +103,7 @@ impl CustomOp3 for GroupNormOp {
 }
 
 /// Reads a contiguous [C] parameter as f32 values.
-fn channel_values(
+pub(super) fn channel_values(
     name: &str,
     storage: &CpuStorage,
     layout: &Layout,
@@ -126,15 +126,15 @@ fn channel_values(
 }
 
 /// What the write pass needs besides the data.
-struct ChannelParams<'a> {
-    weight: &'a [f32],
-    bias: &'a [f32],
-    eps: f64,
-    activation: Activation,
+pub(super) struct ChannelParams<'a> {
+    pub weight: &'a [f32],
+    pub bias: &'a [f32],
+    pub eps: f64,
+    pub activation: Activation,
 }
 
 /// A storage element the kernel reads and writes through f32 tiles.
-trait Element: Copy + Send + Sync {
+pub(super) trait Element: Copy + Send + Sync {
     const ZERO: Self;
     /// `src` as f32 values: itself for f32, converted into `buf` (same length) otherwise.
     fn as_f32<'a>(src: &'a [Self], buf: &'a mut [f32]) -> &'a [f32];
@@ -208,26 +208,57 @@ fn normalize_block<T: Element>(
 ) {
     let mut in_buf = [0f32; TILE];
     let mut out_buf = [0f32; TILE];
+    let (center, inv_std) = block_statistics(x, params.eps);
+    let channels = x.chunks_exact(spatial).zip(y.chunks_exact_mut(spatial));
+    for (offset, (xc, yc)) in channels.enumerate() {
+        let channel = ChannelAffine::new(center, inv_std, params, first_channel + offset);
+        for (xt, yt) in xc.chunks(TILE).zip(yc.chunks_mut(TILE)) {
+            let xs = T::as_f32(xt, &mut in_buf);
+            T::write_f32(yt, &mut out_buf, |ys| {
+                channel.apply(xs, ys, params.activation)
+            });
+        }
+    }
+}
 
+/// One group's centre and 1 / std (eps inside the root), from a read pass over its values.
+pub(super) fn block_statistics<T: Element>(x: &[T], eps: f64) -> (SplitMean, f64) {
+    let mut in_buf = [0f32; TILE];
     let mut moments = Moments::default();
     for tile in x.chunks(TILE) {
         moments.add(T::as_f32(tile, &mut in_buf));
     }
     let (mean, variance) = moments.mean_variance();
-    let inv_std = 1.0 / (variance + params.eps).sqrt();
-    let center = SplitMean::new(mean);
+    (SplitMean::new(mean), 1.0 / (variance + eps).sqrt())
+}
 
-    let channels = x.chunks_exact(spatial).zip(y.chunks_exact_mut(spatial));
-    for (offset, (xc, yc)) in channels.enumerate() {
-        let channel = first_channel + offset;
-        let scale = (inv_std * f64::from(params.weight[channel])) as f32;
-        let bias = params.bias[channel];
-        for (xt, yt) in xc.chunks(TILE).zip(yc.chunks_mut(TILE)) {
-            let xs = T::as_f32(xt, &mut in_buf);
-            T::write_f32(yt, &mut out_buf, |ys| match params.activation {
-                Activation::None => affine(xs, ys, center, scale, bias),
-                Activation::Silu => affine_silu(xs, ys, center, scale, bias),
-            });
+/// The element-wise step of one channel of one sample: centre, scale and bias, so that any part
+/// of the channel can be written apart from the rest with the same bits.
+#[derive(Clone, Copy)]
+pub(super) struct ChannelAffine {
+    center: SplitMean,
+    scale: f32,
+    bias: f32,
+}
+
+impl ChannelAffine {
+    pub(super) fn new(
+        center: SplitMean,
+        inv_std: f64,
+        params: &ChannelParams,
+        channel: usize,
+    ) -> Self {
+        Self {
+            center,
+            scale: (inv_std * f64::from(params.weight[channel])) as f32,
+            bias: params.bias[channel],
+        }
+    }
+
+    pub(super) fn apply(&self, xs: &[f32], ys: &mut [f32], activation: Activation) {
+        match activation {
+            Activation::None => affine(xs, ys, self.center, self.scale, self.bias),
+            Activation::Silu => affine_silu(xs, ys, self.center, self.scale, self.bias),
         }
     }
 }
@@ -236,7 +267,7 @@ fn normalize_block<T: Element>(
 /// the mean is large against the spread (folding the mean into the bias, as torch does, loses
 /// about |mean| / std ulps there).
 #[derive(Clone, Copy)]
-struct SplitMean {
+pub(super) struct SplitMean {
     hi: f32,
     lo: f32,
 }

@@ -14,6 +14,10 @@ use imago_kernels::{Conv2dGeometry, Conv2dKernel};
 #[derive(Debug, Clone)]
 pub struct Conv2d {
     backend: Backend,
+    /// See [`Conv2d::keeps_size_3x3`].
+    keeps_size_3x3: bool,
+    /// See [`Conv2d::is_pointwise`].
+    pointwise: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -47,6 +51,10 @@ impl Conv2d {
             stride: config.stride,
             dilation: config.dilation,
         };
+        let kernel = match weight.dims() {
+            [_, _, kh, kw] => (*kh, *kw),
+            dims => candle_core::bail!("conv2d: weight must be (Cout, Cin, kh, kw), got {dims:?}"),
+        };
         let on_cpu = weight.device().is_cpu() && config.groups == 1;
         let backend = match weight.dtype() {
             DType::F32 if on_cpu => Backend::Packed(Arc::new(Conv2dKernel::new(
@@ -68,7 +76,25 @@ impl Conv2d {
             }
             _ => Backend::Candle(candle_nn::Conv2d::new(weight, bias, config)),
         };
-        Ok(Self { backend })
+        let c = config;
+        Ok(Self {
+            backend,
+            keeps_size_3x3: kernel == (3, 3)
+                && (c.padding, c.stride, c.dilation, c.groups) == (1, 1, 1, 1),
+            pointwise: kernel == (1, 1) && (c.padding, c.stride, c.groups) == (0, 1, 1),
+        })
+    }
+
+    /// Whether this is a 3x3 convolution with padding 1, stride 1, no dilation and one group:
+    /// each output row then depends on the input rows next to it only, and the output has the
+    /// input's size (what computing it a band of rows at a time needs).
+    pub fn keeps_size_3x3(&self) -> bool {
+        self.keeps_size_3x3
+    }
+
+    /// Whether this is a 1x1 convolution with stride 1, no padding and one group: a per-pixel map.
+    pub fn is_pointwise(&self) -> bool {
+        self.pointwise
     }
 }
 

@@ -3,6 +3,7 @@ pub mod activation;
 pub mod attention;
 #[cfg(feature = "flash-attn")]
 mod attention_cuda;
+pub mod banded;
 pub mod conv;
 pub mod feed_forward;
 pub mod linear;

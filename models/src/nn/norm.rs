@@ -2,7 +2,7 @@
 //! in a single place.
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
-use imago_kernels::Activation as FusedActivation;
+use imago_kernels::{Activation as FusedActivation, GroupNormRows};
 
 use super::activation::Activation;
 
@@ -40,6 +40,25 @@ impl GroupNorm {
             ),
             other => other.forward(&self.forward(x)?),
         }
+    }
+}
+
+impl GroupNorm {
+    /// `act(group_norm(x))` a band of rows at a time ([`GroupNormRows`]), where x is a contiguous
+    /// f32 CPU (N, C, H, W) tensor and `act` is SiLU (the fused activation); `None` elsewhere.
+    pub fn rows_then(&self, x: &Tensor, act: Activation) -> Result<Option<GroupNormRows>> {
+        if act != Activation::Silu || !GroupNormRows::supports(x) {
+            return Ok(None);
+        }
+        GroupNormRows::new(
+            x,
+            self.num_groups,
+            &self.weight,
+            &self.bias,
+            self.eps,
+            FusedActivation::Silu,
+        )
+        .map(Some)
     }
 }
 

@@ -2,6 +2,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, VarBuilder};
 
+use super::banded::{bands, conv_rows, normalized_conv, worth_banding, BAND_BYTES};
 use super::{conv2d, linear, Conv2d, Linear};
 
 use super::{group_norm, Activation, GroupNorm};
@@ -101,8 +102,15 @@ impl ResnetBlock2D {
     /// `temb`: (batch, temb_channels), already the UNet's embedding (this block applies the
     /// activation before its projection, as diffusers does with skip_time_act false).
     pub fn forward(&self, input: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
-        let h = self.norm1.forward_then(input, self.act)?;
-        let h = self.conv1.forward(&h)?;
+        if temb.is_none() && worth_banding(input, input.elem_count()) {
+            if let Some(out) = self.forward_banded(input, BAND_BYTES)? {
+                return Ok(out);
+            }
+        }
+        // Each temporary is dropped as soon as the next one exists.
+        let h = self
+            .conv1
+            .forward(&self.norm1.forward_then(input, self.act)?)?;
         let temb = match (temb, &self.time_emb_proj) {
             (Some(t), Some(proj)) => Some(
                 proj.forward(&self.act.forward(t)?)?
@@ -133,11 +141,119 @@ impl ResnetBlock2D {
             Some(conv) => conv.forward(input)?,
             None => input.clone(),
         };
-        let out = (shortcut + h)?;
+        self.scale_output((shortcut + h)?)
+    }
+
+    fn scale_output(&self, out: Tensor) -> Result<Tensor> {
         if self.output_scale_factor == 1.0 {
             Ok(out)
         } else {
             out / self.output_scale_factor
         }
+    }
+
+    /// The block without a time embedding, a band of rows (about `band_bytes` of input) at a
+    /// time: besides `input`, only the first convolution's output exists in full, and the
+    /// block's output is written over it. `None` where the layers do not allow it (non-SiLU
+    /// activation, other convolutions, tensors the row normalization does not take).
+    pub(crate) fn forward_banded(
+        &self,
+        input: &Tensor,
+        band_bytes: usize,
+    ) -> Result<Option<Tensor>> {
+        let shortcut_ok = self.conv_shortcut.as_ref().is_none_or(Conv2d::is_pointwise);
+        if !(self.conv1.keeps_size_3x3() && self.conv2.keeps_size_3x3() && shortcut_ok) {
+            return Ok(None);
+        }
+        let Some(rows1) = self.norm1.rows_then(input, self.act)? else {
+            return Ok(None);
+        };
+        let h = normalized_conv(&rows1, &self.conv1, input, band_bytes)?;
+        drop(rows1);
+        let Some(rows2) = self.norm2.rows_then(&h, self.act)? else {
+            return Ok(None);
+        };
+        let (n, c, height, w) = h.dims4()?;
+        // Bands sized by the wider of the convolution's and the shortcut's input.
+        let widest = c.max(input.dim(1)?);
+        // Band k's output is written over h only after band k + 1 has read its input rows
+        // (which include band k's last row).
+        let mut pending: Option<(usize, Tensor)> = None;
+        for (first, count) in bands(band_bytes, (n, widest, height, w)) {
+            let conv = conv_rows(&self.conv2, height, first, count, |a, b| {
+                rows2.rows(&h, a, b - a)
+            })?;
+            if let Some((row, band)) = pending.take() {
+                h.slice_set(&band, 2, row)?;
+            }
+            let input_band = input.narrow(2, first, count)?;
+            let shortcut = match &self.conv_shortcut {
+                Some(conv) => conv.forward(&input_band.contiguous()?)?,
+                None => input_band,
+            };
+            let out = self.scale_output((shortcut + conv)?)?;
+            pending = Some((first, out.contiguous()?));
+        }
+        if let Some((row, band)) = pending {
+            h.slice_set(&band, 2, row)?;
+        }
+        Ok(Some(h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiny_weights::deterministic_var_builder;
+    use candle_core::{DType, Device};
+
+    fn bits(t: &Tensor) -> Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    }
+
+    fn block(seed: u64, in_channels: usize, out_channels: usize) -> Result<ResnetBlock2D> {
+        let vb = deterministic_var_builder(seed, DType::F32, &Device::Cpu);
+        ResnetBlock2D::new(
+            vb,
+            ResnetConfig {
+                in_channels,
+                out_channels,
+                temb_channels: None,
+                groups: 2,
+                eps: 1e-6,
+                act: Activation::Silu,
+                time_embedding_norm: TimeEmbeddingNorm::Default,
+                output_scale_factor: 1.0,
+            },
+        )
+    }
+
+    /// The banded block (with and without a 1x1 shortcut, bands of 1 to all rows, odd heights)
+    /// gives the plain block's bits, and leaves its input as it was.
+    #[test]
+    fn banded_block_matches_the_plain_block() -> Result<()> {
+        for (in_c, out_c) in [(6, 4), (4, 4)] {
+            let block = block(3, in_c, out_c)?;
+            let x = Tensor::randn(0f32, 1.0, (1, in_c, 11, 7), &Device::Cpu)?;
+            let before = bits(&x)?;
+            let plain = block.forward(&x, None)?;
+            // One row of in_c x 7 f32 values is 28 * in_c bytes.
+            for rows in [1, 2, 3, 5, 11] {
+                let banded = block
+                    .forward_banded(&x, rows * 28 * in_c)?
+                    .expect("an f32 CPU block bands");
+                assert_eq!(
+                    bits(&banded)?,
+                    bits(&plain)?,
+                    "{in_c}->{out_c}, {rows} rows"
+                );
+            }
+            assert_eq!(bits(&x)?, before);
+        }
+        Ok(())
     }
 }

@@ -2,6 +2,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, VarBuilder};
 
+use super::banded::{bands, conv_rows, worth_banding, BAND_BYTES};
 use super::{conv2d, Conv2d};
 
 /// 3x3 conv with stride 2. With padding 0, diffusers first pads right and bottom by one
@@ -63,7 +64,72 @@ impl Upsample2D {
     pub fn forward(&self, x: &Tensor, size: Option<(usize, usize)>) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let (out_h, out_w) = size.unwrap_or((2 * h, 2 * w));
+        let doubling = (out_h, out_w) == (2 * h, 2 * w);
+        if doubling && self.conv.keeps_size_3x3() && worth_banding(x, 4 * x.elem_count()) {
+            return self.forward_doubled_banded(x, BAND_BYTES);
+        }
         let x = x.upsample_nearest2d(out_h, out_w)?;
         self.conv.forward(&x)
+    }
+
+    /// The x2 case a band of output rows (about `band_bytes` of upsampled input) at a time: the
+    /// upsampled input never exists in full. The conv must keep the size (3x3, padding 1).
+    pub(crate) fn forward_doubled_banded(&self, x: &Tensor, band_bytes: usize) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let (out_h, out_w) = (2 * h, 2 * w);
+        let mut out: Option<Tensor> = None;
+        for (first, count) in bands(band_bytes, (n, c, out_h, out_w)) {
+            let band = conv_rows(&self.conv, out_h, first, count, |a, b| {
+                // Upsampled rows a..b come from source rows a / 2 ..= (b - 1) / 2.
+                let (s0, s1) = (a / 2, (b - 1) / 2 + 1);
+                x.narrow(2, s0, s1 - s0)?
+                    .upsample_nearest2d(2 * (s1 - s0), out_w)?
+                    .narrow(2, a - 2 * s0, b - a)
+            })?;
+            let out = match &out {
+                Some(out) => out,
+                None => {
+                    let (_, co, _, _) = band.dims4()?;
+                    out.insert(Tensor::zeros(
+                        (n, co, out_h, out_w),
+                        band.dtype(),
+                        band.device(),
+                    )?)
+                }
+            };
+            out.slice_set(&band.contiguous()?, 2, first)?;
+        }
+        out.ok_or_else(|| candle_core::Error::Msg("banded upsampling of an empty tensor".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiny_weights::deterministic_var_builder;
+    use candle_core::{DType, Device};
+
+    fn bits(t: &Tensor) -> Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    }
+
+    /// x2 upsampling by bands of output rows (1 to all, odd and even band edges) gives the plain
+    /// upsample-then-convolve bits.
+    #[test]
+    fn banded_upsampling_matches_the_plain_layer() -> Result<()> {
+        let vb = deterministic_var_builder(5, DType::F32, &Device::Cpu);
+        let up = Upsample2D::new(vb, 3, 5)?;
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 5, 4), &Device::Cpu)?;
+        let plain = up.conv.forward(&x.upsample_nearest2d(10, 8)?)?;
+        // One upsampled row of both samples is 2 x 3 x 8 f32 values.
+        for rows in [1, 2, 3, 4, 7, 10] {
+            let banded = up.forward_doubled_banded(&x, rows * 2 * 3 * 8 * 4)?;
+            assert_eq!(bits(&banded)?, bits(&plain)?, "{rows} rows");
+        }
+        Ok(())
     }
 }

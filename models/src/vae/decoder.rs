@@ -3,6 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::nn::banded::{normalized_conv, worth_banding, BAND_BYTES};
 use crate::nn::Conv2d;
 
 use super::encoder::{conv3x3, mid_block, resnet_config, VAE_EPS};
@@ -65,6 +66,19 @@ impl Decoder {
         })
     }
 
+    /// `conv_out(silu(conv_norm_out(h)))`, by bands of rows on a large `h` (the normalized copy
+    /// of the full-resolution features never exists in full).
+    fn conv_norm_out_then_conv_out(&self, h: &Tensor) -> Result<Tensor> {
+        if self.conv_out.keeps_size_3x3() && worth_banding(h, h.elem_count()) {
+            if let Some(rows) = self.conv_norm_out.rows_then(h, Activation::Silu)? {
+                return normalized_conv(&rows, &self.conv_out, h, BAND_BYTES);
+            }
+        }
+        // Always SiLU here, whatever act_fn (diffusers' `conv_act = nn.SiLU()`).
+        let h = self.conv_norm_out.forward_then(h, Activation::Silu)?;
+        self.conv_out.forward(&h)
+    }
+
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
         let mut h = self.conv_in.forward(z)?;
         h = self.mid_block.forward(&h, None)?;
@@ -76,8 +90,6 @@ impl Decoder {
                 h = up.forward(&h, None)?;
             }
         }
-        // Always SiLU here, whatever act_fn (diffusers' `conv_act = nn.SiLU()`).
-        let h = self.conv_norm_out.forward_then(&h, Activation::Silu)?;
-        self.conv_out.forward(&h)
+        self.conv_norm_out_then_conv_out(&h)
     }
 }

@@ -1,0 +1,142 @@
+//! Large feature maps (the VAE decoder at full resolution) computed a band of rows at a time, so
+//! that the normalized copy of a layer's input and its upsampled input never exist in full.
+//!
+//! A 3x3 same-size convolution's output rows `r0..r1` need its input rows `r0 - 1..r1 + 1`
+//! only: each band runs the layer's packed convolution on those rows (the two halo rows' own
+//! outputs are dropped) and is copied into the full output. Each output value is the same dot
+//! product over the same inputs as in the whole convolution (the kernels' results per pixel do
+//! not depend on the image size), so a banded layer gives the same bits as the plain one.
+use candle_core::{DType, Module, Result, Tensor};
+use imago_kernels::GroupNormRows;
+
+use super::Conv2d;
+
+/// Layers take the banded path when the tensor they would otherwise materialize (their input, or
+/// their upsampled input) is at least this large: the VAE decoder's last two levels at 512x512.
+pub const BANDED_MIN_BYTES: usize = 60 << 20;
+/// About the size of one band's convolution input.
+pub const BAND_BYTES: usize = 24 << 20;
+
+/// Whether a banded layer should handle an f32 tensor of `elements` values.
+pub fn worth_banding(x: &Tensor, elements: usize) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && elements * 4 >= BANDED_MIN_BYTES
+}
+
+/// The bands of `height` rows for an input of `channels` x `width` f32 values per row (and
+/// `batch` samples), about `band_bytes` each: `(first row, rows)` pairs covering the height in
+/// order.
+pub fn bands(
+    band_bytes: usize,
+    (batch, channels, height, width): (usize, usize, usize, usize),
+) -> Vec<(usize, usize)> {
+    let row_bytes = (batch * channels * width * 4).max(1);
+    let rows = (band_bytes / row_bytes).clamp(1, height.max(1));
+    (0..height)
+        .step_by(rows)
+        .map(|first| (first, rows.min(height - first)))
+        .collect()
+}
+
+/// Output rows `first..first + count` of `conv` (a 3x3 same-size convolution, see
+/// [`Conv2d::keeps_size_3x3`]) over an input of `height` rows, `input_rows(a, b)` giving input
+/// rows `a..b`; a view, not made contiguous (a following element-wise op need not copy it).
+pub fn conv_rows(
+    conv: &Conv2d,
+    height: usize,
+    first: usize,
+    count: usize,
+    input_rows: impl FnOnce(usize, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
+    if !conv.keeps_size_3x3() {
+        candle_core::bail!("banded convolution: the layer is not a 3x3 same-size convolution");
+    }
+    let a = first.saturating_sub(1);
+    let b = (first + count + 1).min(height);
+    let out = conv.forward(&input_rows(a, b)?)?;
+    out.narrow(2, first - a, count)
+}
+
+/// `conv(rows(x))` for a whole tensor: `rows` normalizes `x` by bands, `conv` is a 3x3
+/// same-size convolution; the normalized `x` never exists in full.
+/// Bands of about `band_bytes` of input.
+pub fn normalized_conv(
+    rows: &GroupNormRows,
+    conv: &Conv2d,
+    x: &Tensor,
+    band_bytes: usize,
+) -> Result<Tensor> {
+    let (n, c, h, w) = x.dims4()?;
+    let mut out: Option<Tensor> = None;
+    for (first, count) in bands(band_bytes, (n, c, h, w)) {
+        let band = conv_rows(conv, h, first, count, |a, b| rows.rows(x, a, b - a))?;
+        let out = match &out {
+            Some(out) => out,
+            None => {
+                let (_, co, _, _) = band.dims4()?;
+                out.insert(Tensor::zeros((n, co, h, w), band.dtype(), band.device())?)
+            }
+        };
+        out.slice_set(&band.contiguous()?, 2, first)?;
+    }
+    out.ok_or_else(|| candle_core::Error::Msg("banded convolution of an empty tensor".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+    use candle_nn::Conv2dConfig;
+
+    fn ramp(shape: &[usize], scale: f32) -> Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * scale)
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu)
+    }
+
+    pub(crate) fn bits(t: &Tensor) -> Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .map(|v| v.to_bits())
+            .collect())
+    }
+
+    #[test]
+    fn bands_cover_the_height_in_order() {
+        for height in [1, 7, 8, 9, 100, 513] {
+            let b = bands(BAND_BYTES, (1, 256, height, 512));
+            assert_eq!(b[0].0, 0);
+            assert_eq!(b.iter().map(|&(_, n)| n).sum::<usize>(), height);
+            assert!(b.windows(2).all(|p| p[0].0 + p[0].1 == p[1].0));
+        }
+        // 24 MiB of 256 x 512 f32 rows: 48 rows a band.
+        assert_eq!(bands(BAND_BYTES, (1, 256, 512, 512))[0].1, 48);
+        assert_eq!(
+            bands(1, (2, 3, 5, 4)),
+            [(0, 1), (1, 1), (2, 1), (3, 1), (4, 1)]
+        );
+    }
+
+    /// A convolution computed by bands of rows has the whole convolution's bits.
+    #[test]
+    fn banded_conv_matches_the_whole_conv() -> Result<()> {
+        let x = ramp(&[2, 5, 19, 6], 0.02)?;
+        let config = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let conv = Conv2d::new(ramp(&[4, 5, 3, 3], 0.01)?, Some(ramp(&[4], 0.1)?), config)?;
+        let whole = conv.forward(&x)?;
+        for (first, count) in [(0, 19), (0, 1), (0, 8), (8, 8), (16, 3), (18, 1)] {
+            let band = conv_rows(&conv, 19, first, count, |a, b| x.narrow(2, a, b - a))?;
+            let want = whole.narrow(2, first, count)?.contiguous()?;
+            assert_eq!(bits(&band)?, bits(&want)?, "rows {first}+{count}");
+        }
+        let pointwise = Conv2d::new(ramp(&[4, 5, 1, 1], 0.01)?, None, Default::default())?;
+        assert!(pointwise.is_pointwise() && !pointwise.keeps_size_3x3());
+        assert!(conv_rows(&pointwise, 19, 0, 1, |a, b| x.narrow(2, a, b - a)).is_err());
+        Ok(())
+    }
+}
