@@ -7,15 +7,17 @@
 //! [`TRIM_THRESHOLD`] of free space, lets those pages be reused. Blocks from the threshold up
 //! (the VAE decoder's full-resolution feature maps, a few per decode) are still mapped, so their
 //! pages go back to the system when they are dropped instead of staying with the process: with
-//! 256 MiB / 512 MiB here the SD2 512x512 bench peaked 90 MiB higher. The cost of keeping
-//! blocks: a growing buffer is copied on every realloc instead of remapped (the server therefore
-//! joins a request body once at its final size), and freed memory stays with the process up to
-//! the trim threshold. Every `imago` command applies it at start-up.
+//! 256 MiB / 512 MiB here the SD2 512x512 f32 bench peaked 128 MiB higher (5584 MiB against
+//! 5456). At 64 MiB the bf16 decode's 64 MiB maps were mapped afresh each time (4.6 s against
+//! 4.0 s at 96 MiB). The cost of keeping blocks: a growing buffer is copied on every realloc
+//! instead of remapped (the server therefore joins a request body once at its final size), and
+//! freed memory stays with the process up to the trim threshold. Every `imago` command applies
+//! it at start-up.
 
 /// Blocks below this are served from the heap (glibc caps its own adaptive threshold at 32 MiB).
-pub const MMAP_THRESHOLD: usize = 64 << 20;
+pub const MMAP_THRESHOLD: usize = 96 << 20;
 /// Free memory at the top of the heap kept for reuse before it is returned to the system.
-pub const TRIM_THRESHOLD: usize = 128 << 20;
+pub const TRIM_THRESHOLD: usize = 192 << 20;
 
 /// Applies the thresholds above; returns whether the allocator took them (glibc on Linux only,
 /// elsewhere a no-op that returns false). Call once at start-up, before the engine runs.
