@@ -1,35 +1,20 @@
-//! A 2-D convolution layer: imago's packed implicit-GEMM kernels for f32 and bf16 weights on the
-//! CPU, candle's convolution everywhere else (other devices, f16 compute, grouped convs).
-//!
-//! bf16 runs the AVX512-BF16 kernel where the CPU has it, else the f32 kernel on widened inputs
-//! with the output rounded back to bf16 (candle's CPU convolution has no bf16 kernel).
+//! A 2-D convolution layer on imago's packed implicit-GEMM kernels where they apply, candle's
+//! convolution elsewhere (grouped convolutions too; see `packed.rs`).
 
-use std::sync::Arc;
-
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, VarBuilder};
 use imago_kernels::gemm_bf16::{Conv2dBf16, Microkernel};
 use imago_kernels::{Conv2dGeometry, Conv2dKernel};
 
+use super::packed::Backend;
+
 #[derive(Debug, Clone)]
 pub struct Conv2d {
-    backend: Backend,
+    backend: Backend<Conv2dKernel, Conv2dBf16, candle_nn::Conv2d>,
     /// See [`Conv2d::keeps_size_3x3`].
     keeps_size_3x3: bool,
     /// See [`Conv2d::is_pointwise`].
     pointwise: bool,
-}
-
-#[derive(Debug, Clone)]
-enum Backend {
-    /// The weight packed once at load; the layer keeps no other copy of it.
-    Packed(Arc<Conv2dKernel>),
-    /// bf16 weights packed once for the AVX512-BF16 kernel: bf16 in, f32 sums, bf16 out.
-    PackedBf16(Arc<Conv2dBf16>),
-    /// bf16 weights on a CPU without AVX512-BF16: packed as f32 for the f32 kernel, which runs
-    /// on the widened input; the output is rounded back to bf16.
-    WidenedBf16(Arc<Conv2dKernel>),
-    Candle(candle_nn::Conv2d),
 }
 
 impl Conv2d {
@@ -55,27 +40,15 @@ impl Conv2d {
             [_, _, kh, kw] => (*kh, *kw),
             dims => candle_core::bail!("conv2d: weight must be (Cout, Cin, kh, kw), got {dims:?}"),
         };
-        let on_cpu = weight.device().is_cpu() && config.groups == 1;
-        let backend = match weight.dtype() {
-            DType::F32 if on_cpu => Backend::Packed(Arc::new(Conv2dKernel::new(
-                &weight,
-                bias.as_ref(),
-                geometry,
-            )?)),
-            DType::BF16 if on_cpu && bf16_kernel == Microkernel::Avx512Bf16 => {
-                Backend::PackedBf16(Arc::new(Conv2dBf16::new(&weight, bias.as_ref(), geometry)?))
-            }
-            DType::BF16 if on_cpu => {
-                let weight = weight.to_dtype(DType::F32)?;
-                let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
-                Backend::WidenedBf16(Arc::new(Conv2dKernel::new(
-                    &weight,
-                    bias.as_ref(),
-                    geometry,
-                )?))
-            }
-            _ => Backend::Candle(candle_nn::Conv2d::new(weight, bias, config)),
-        };
+        let backend = Backend::select(
+            weight,
+            bias,
+            config.groups == 1,
+            bf16_kernel,
+            |w, b| Conv2dKernel::new(w, b, geometry),
+            |w, b| Conv2dBf16::new(w, b, geometry),
+            |w, b| candle_nn::Conv2d::new(w, b, config),
+        )?;
         let c = config;
         Ok(Self {
             backend,
@@ -100,14 +73,7 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.backend {
-            Backend::Packed(kernel) => kernel.forward(x),
-            Backend::PackedBf16(kernel) => kernel.forward(x),
-            Backend::WidenedBf16(kernel) => kernel
-                .forward(&x.to_dtype(DType::F32)?)?
-                .to_dtype(DType::BF16),
-            Backend::Candle(conv) => conv.forward(x),
-        }
+        self.backend.forward(x)
     }
 }
 
@@ -146,7 +112,7 @@ pub fn conv2d_no_bias(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     fn ramp(shape: &[usize], scale: f32) -> Result<Tensor> {
         let n: usize = shape.iter().product();

@@ -1,31 +1,16 @@
-//! A linear layer y = x Wᵀ + b: imago's packed GEMM kernels for f32 and bf16 weights on the
-//! CPU, candle's matmul everywhere else (other devices, f16 compute).
-//!
-//! bf16 runs the AVX512-BF16 kernel where the CPU has it, else the f32 kernel on widened inputs
-//! with the output rounded back to bf16 (candle's CPU matmul has no bf16 kernel).
-
-use std::sync::Arc;
+//! A linear layer y = x Wᵀ + b on imago's packed GEMM kernels where they apply, candle's matmul
+//! elsewhere (see `packed.rs`).
 
 use candle_core::{DType, Result, Tensor};
 use candle_nn::{Module, VarBuilder};
 use imago_kernels::gemm_bf16::{LinearBf16, Microkernel};
 use imago_kernels::LinearKernel;
 
-#[derive(Debug, Clone)]
-pub struct Linear {
-    backend: Backend,
-}
+use super::packed::Backend;
 
 #[derive(Debug, Clone)]
-enum Backend {
-    /// The weight packed once at load; the layer keeps no other copy of it.
-    Packed(Arc<LinearKernel>),
-    /// bf16 weights packed once for the AVX512-BF16 kernel: bf16 in, f32 sums, bf16 out.
-    PackedBf16(Arc<LinearBf16>),
-    /// bf16 weights on a CPU without AVX512-BF16: packed as f32 for the f32 kernel, which runs
-    /// on the widened input; the output is rounded back to bf16.
-    WidenedBf16(Arc<LinearKernel>),
-    Candle(candle_nn::Linear),
+pub struct Linear {
+    backend: Backend<LinearKernel, LinearBf16, candle_nn::Linear>,
 }
 
 impl Linear {
@@ -41,21 +26,15 @@ impl Linear {
         bias: Option<Tensor>,
         bf16_kernel: Microkernel,
     ) -> Result<Self> {
-        let on_cpu = weight.device().is_cpu();
-        let backend = match weight.dtype() {
-            DType::F32 if on_cpu => {
-                Backend::Packed(Arc::new(LinearKernel::new(&weight, bias.as_ref())?))
-            }
-            DType::BF16 if on_cpu && bf16_kernel == Microkernel::Avx512Bf16 => {
-                Backend::PackedBf16(Arc::new(LinearBf16::new(&weight, bias.as_ref())?))
-            }
-            DType::BF16 if on_cpu => {
-                let weight = weight.to_dtype(DType::F32)?;
-                let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
-                Backend::WidenedBf16(Arc::new(LinearKernel::new(&weight, bias.as_ref())?))
-            }
-            _ => Backend::Candle(candle_nn::Linear::new(weight, bias)),
-        };
+        let backend = Backend::select(
+            weight,
+            bias,
+            true,
+            bf16_kernel,
+            LinearKernel::new,
+            LinearBf16::new,
+            candle_nn::Linear::new,
+        )?;
         Ok(Self { backend })
     }
 
@@ -71,14 +50,7 @@ impl Linear {
 
 impl Module for Linear {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        match &self.backend {
-            Backend::Packed(kernel) => kernel.forward(x),
-            Backend::PackedBf16(kernel) => kernel.forward(x),
-            Backend::WidenedBf16(kernel) => kernel
-                .forward(&x.to_dtype(DType::F32)?)?
-                .to_dtype(DType::BF16),
-            Backend::Candle(linear) => linear.forward(x),
-        }
+        self.backend.forward(x)
     }
 }
 

@@ -9,6 +9,7 @@ pub mod feed_forward;
 pub mod linear;
 pub mod mid_block;
 pub mod norm;
+mod packed;
 pub mod resnet;
 pub mod sampling;
 pub mod timestep;
