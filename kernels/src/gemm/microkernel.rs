@@ -3,6 +3,42 @@
 //! generic over where B's rows are ([`BRows`]): a packed panel, or rows read in place through a
 //! table of offsets (the stride-1 convolution), with the same arithmetic either way.
 
+/// An ISA module's [`Microkernel`] (`MICROKERNEL`): entry points that run the module's
+/// `tile::<B: BRows>` (MR x NR, from its `MR` and `NR` constants) on packed B panels or on rows
+/// read through an offset table. `$needs` names what the CPU must support.
+macro_rules! microkernel_entries {
+    ($isa:expr, $needs:literal) => {
+        pub(super) const MICROKERNEL: Microkernel = Microkernel {
+            isa: $isa,
+            mr: MR,
+            nr: NR,
+            run: tile_entry,
+            run_at_offsets: offsets_entry,
+        };
+
+        #[doc = concat!("# Safety\nSee [`super::MicrokernelFn`]; the CPU must support ", $needs, ".")]
+        unsafe fn tile_entry(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
+            // SAFETY: forwarded contract; Isa::microkernel hands a kernel out only when the CPU
+            // supports its instruction set.
+            unsafe { tile(kc, a, PackedRows::<NR>(b), c, ldc) }
+        }
+
+        #[doc = concat!("# Safety\nSee [`super::OffsetsMicrokernelFn`]; the CPU must support ", $needs, ".")]
+        unsafe fn offsets_entry(
+            kc: usize,
+            a: *const f32,
+            b: *const f32,
+            offsets: *const usize,
+            c: *mut f32,
+            ldc: usize,
+        ) {
+            let rows = OffsetRows { base: b, offsets };
+            // SAFETY: as in `tile_entry`.
+            unsafe { tile(kc, a, rows, c, ldc) }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 #[cfg(target_arch = "x86_64")]

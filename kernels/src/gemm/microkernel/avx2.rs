@@ -8,35 +8,7 @@ use super::{BRows, Isa, Microkernel, OffsetRows, PackedRows};
 const MR: usize = 6;
 const NR: usize = 16;
 
-pub(super) const MICROKERNEL: Microkernel = Microkernel {
-    isa: Isa::Avx2,
-    mr: MR,
-    nr: NR,
-    run: tile_entry,
-    run_at_offsets: offsets_entry,
-};
-
-/// # Safety
-/// See [`super::MicrokernelFn`]; the CPU must support AVX2 and FMA.
-unsafe fn tile_entry(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
-    // SAFETY: forwarded contract; Isa::microkernel hands this out only when avx2+fma are detected.
-    unsafe { tile(kc, a, PackedRows::<NR>(b), c, ldc) }
-}
-
-/// # Safety
-/// See [`super::OffsetsMicrokernelFn`]; the CPU must support AVX2 and FMA.
-unsafe fn offsets_entry(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    offsets: *const usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    let rows = OffsetRows { base: b, offsets };
-    // SAFETY: forwarded contract; Isa::microkernel hands this out only when avx2+fma are detected.
-    unsafe { tile(kc, a, rows, c, ldc) }
-}
+microkernel_entries!(Isa::Avx2, "AVX2 and FMA");
 
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile<B: BRows>(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usize) {

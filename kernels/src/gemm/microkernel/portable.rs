@@ -6,35 +6,7 @@ use super::{BRows, Isa, Microkernel, OffsetRows, PackedRows};
 const MR: usize = 4;
 const NR: usize = 8;
 
-pub(super) const MICROKERNEL: Microkernel = Microkernel {
-    isa: Isa::Portable,
-    mr: MR,
-    nr: NR,
-    run: tile_entry,
-    run_at_offsets: offsets_entry,
-};
-
-/// # Safety
-/// See [`super::MicrokernelFn`].
-unsafe fn tile_entry(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize) {
-    // SAFETY: forwarded contract.
-    unsafe { tile(kc, a, PackedRows::<NR>(b), c, ldc) }
-}
-
-/// # Safety
-/// See [`super::OffsetsMicrokernelFn`].
-unsafe fn offsets_entry(
-    kc: usize,
-    a: *const f32,
-    b: *const f32,
-    offsets: *const usize,
-    c: *mut f32,
-    ldc: usize,
-) {
-    let rows = OffsetRows { base: b, offsets };
-    // SAFETY: forwarded contract.
-    unsafe { tile(kc, a, rows, c, ldc) }
-}
+microkernel_entries!(Isa::Portable, "nothing beyond Rust");
 
 /// # Safety
 /// The caller guarantees a (kc * MR), B's rows (NR values each for k < kc) and the C tile.
