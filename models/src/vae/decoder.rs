@@ -90,6 +90,11 @@ impl Decoder {
                 Self::resnets(&block.resnets, h)?
             };
             if let Some(up) = &block.upsampler {
+                // The last upsampler's output is one mapped block; the heap's free pages (the
+                // earlier levels' temporaries) would otherwise stay in the peak beside it.
+                if i + 1 == last && worth_banding(&h, 4 * h.elem_count()) {
+                    crate::allocator::release_free_heap();
+                }
                 h = up.forward(&h, None)?;
             }
         }
