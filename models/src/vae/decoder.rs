@@ -92,10 +92,14 @@ impl Decoder {
             if let Some(up) = &block.upsampler {
                 // The last upsampler's output is one mapped block; the heap's free pages (the
                 // earlier levels' temporaries) would otherwise stay in the peak beside it.
-                if i + 1 == last && worth_banding(&h, 4 * h.elem_count()) {
-                    crate::allocator::release_free_heap();
-                }
-                h = up.forward(&h, None)?;
+                h = if i + 1 == last {
+                    if worth_banding(&h, 4 * h.elem_count()) {
+                        crate::allocator::release_free_heap();
+                    }
+                    up.forward_doubled_consuming(h)?
+                } else {
+                    up.forward(&h, None)?
+                };
             }
         }
         self.conv_norm_out_then_conv_out(&h)
