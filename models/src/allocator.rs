@@ -36,6 +36,20 @@ pub fn keep_tensor_pages() -> bool {
     }
 }
 
+/// Returns the heap's free pages to the system (glibc's `malloc_trim`; a no-op elsewhere).
+/// Before a phase whose new allocations are mapped blocks rather than heap ones (the VAE
+/// decoder's full-resolution maps), the free memory kept by [`TRIM_THRESHOLD`] would only add
+/// to the peak.
+pub fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: malloc_trim only returns free pages of the allocator's own heap.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -8,6 +8,8 @@ use super::{conv2d, linear, Conv2d, Linear};
 use super::{group_norm, Activation, GroupNorm};
 use crate::error::ModelError;
 
+mod in_place;
+
 /// How the time embedding enters the block (`resnet_time_scale_shift`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimeEmbeddingNorm {
@@ -50,6 +52,7 @@ pub struct ResnetBlock2D {
     norm2: GroupNorm,
     conv2: Conv2d,
     conv_shortcut: Option<Conv2d>,
+    out_channels: usize,
     act: Activation,
     time_embedding_norm: TimeEmbeddingNorm,
     output_scale_factor: f64,
@@ -93,6 +96,7 @@ impl ResnetBlock2D {
             norm2: group_norm(vb.pp("norm2"), cfg.groups, cfg.out_channels, cfg.eps)?,
             conv2: conv3x3(vb.pp("conv2"), cfg.out_channels, cfg.out_channels)?,
             conv_shortcut,
+            out_channels: cfg.out_channels,
             act: cfg.act,
             time_embedding_norm: cfg.time_embedding_norm,
             output_scale_factor: cfg.output_scale_factor,
@@ -207,7 +211,7 @@ mod tests {
     use crate::tiny_weights::deterministic_var_builder;
     use candle_core::{DType, Device};
 
-    fn bits(t: &Tensor) -> Result<Vec<u32>> {
+    pub(super) fn bits(t: &Tensor) -> Result<Vec<u32>> {
         Ok(t.flatten_all()?
             .to_vec1::<f32>()?
             .iter()
@@ -215,7 +219,11 @@ mod tests {
             .collect())
     }
 
-    fn block(seed: u64, in_channels: usize, out_channels: usize) -> Result<ResnetBlock2D> {
+    pub(super) fn block(
+        seed: u64,
+        in_channels: usize,
+        out_channels: usize,
+    ) -> Result<ResnetBlock2D> {
         let vb = deterministic_var_builder(seed, DType::F32, &Device::Cpu);
         ResnetBlock2D::new(
             vb,

@@ -101,6 +101,69 @@ impl Upsample2D {
         }
         out.ok_or_else(|| candle_core::Error::Msg("banded upsampling of an empty tensor".into()))
     }
+
+    /// x2 upsampling of an input the caller gives up (the VAE decoder's last upsampler, whose
+    /// output is the largest map). On a large input, `x` is copied into two pieces of rows, those
+    /// the first half of the bands reads and those the second half reads, and dropped; the first
+    /// piece is dropped and its memory returned to the system when the second half starts, so
+    /// only half of the input stays beside the finished output. Same bits as [`Self::forward`].
+    pub fn forward_doubled_consuming(&self, x: Tensor) -> Result<Tensor> {
+        if self.conv.keeps_size_3x3() && worth_banding(&x, 4 * x.elem_count()) {
+            self.doubled_from_pieces(x, BAND_BYTES)
+        } else {
+            self.forward(&x, None)
+        }
+    }
+
+    pub(crate) fn doubled_from_pieces(&self, x: Tensor, band_bytes: usize) -> Result<Tensor> {
+        let (n, c, h, w) = x.dims4()?;
+        let (out_h, out_w) = (2 * h, 2 * w);
+        let bands = bands(band_bytes, (n, c, out_h, out_w));
+        // The source rows s0..s1 that output rows first..first + count read (halo included).
+        let source = |&(first, count): &(usize, usize)| {
+            let (a, b) = (first.saturating_sub(1), (first + count + 1).min(out_h));
+            (a / 2, (b - 1) / 2 + 1)
+        };
+        let split = bands.len() / 2;
+        let top_end = bands[..split].last().map_or(0, |band| source(band).1);
+        let bottom_start = bands.get(split).map_or(h, |band| source(band).0);
+        let mut top = match split {
+            0 => None,
+            _ => Some(x.narrow(2, 0, top_end)?.contiguous()?),
+        };
+        let bottom = x.narrow(2, bottom_start, h - bottom_start)?.contiguous()?;
+        drop(x);
+        let mut out: Option<Tensor> = None;
+        for (index, &(first, count)) in bands.iter().enumerate() {
+            if index == split && top.take().is_some() {
+                crate::allocator::release_free_heap();
+            }
+            let (piece, offset) = match &top {
+                Some(top) => (top, 0),
+                None => (&bottom, bottom_start),
+            };
+            let band = conv_rows(&self.conv, out_h, first, count, |a, b| {
+                let (s0, s1) = (a / 2, (b - 1) / 2 + 1);
+                piece
+                    .narrow(2, s0 - offset, s1 - s0)?
+                    .upsample_nearest2d(2 * (s1 - s0), out_w)?
+                    .narrow(2, a - 2 * s0, b - a)
+            })?;
+            let out = match &out {
+                Some(out) => out,
+                None => {
+                    let (_, co, _, _) = band.dims4()?;
+                    out.insert(Tensor::zeros(
+                        (n, co, out_h, out_w),
+                        band.dtype(),
+                        band.device(),
+                    )?)
+                }
+            };
+            out.slice_set(&band.contiguous()?, 2, first)?;
+        }
+        out.ok_or_else(|| candle_core::Error::Msg("banded upsampling of an empty tensor".into()))
+    }
 }
 
 #[cfg(test)]
@@ -129,6 +192,8 @@ mod tests {
         for rows in [1, 2, 3, 4, 7, 10] {
             let banded = up.forward_doubled_banded(&x, rows * 2 * 3 * 8 * 4)?;
             assert_eq!(bits(&banded)?, bits(&plain)?, "{rows} rows");
+            let pieces = up.doubled_from_pieces(x.copy()?, rows * 2 * 3 * 8 * 4)?;
+            assert_eq!(bits(&pieces)?, bits(&plain)?, "{rows} rows from pieces");
         }
         Ok(())
     }

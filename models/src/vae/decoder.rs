@@ -82,14 +82,57 @@ impl Decoder {
     pub fn forward(&self, z: &Tensor) -> Result<Tensor> {
         let mut h = self.conv_in.forward(z)?;
         h = self.mid_block.forward(&h, None)?;
-        for block in &self.up_blocks {
-            for resnet in &block.resnets {
-                h = resnet.forward(&h, None)?;
-            }
+        let last = self.up_blocks.len().saturating_sub(1);
+        for (i, block) in self.up_blocks.iter().enumerate() {
+            h = if i == last {
+                Self::resnets_in_place(&block.resnets, h)?
+            } else {
+                Self::resnets(&block.resnets, h)?
+            };
             if let Some(up) = &block.upsampler {
-                h = up.forward(&h, None)?;
+                // The last upsampler's output is one mapped block; the heap's free pages (the
+                // earlier levels' temporaries) would otherwise stay in the peak beside it.
+                h = if i + 1 == last {
+                    if worth_banding(&h, 4 * h.elem_count()) {
+                        crate::allocator::release_free_heap();
+                    }
+                    up.forward_doubled_consuming(h)?
+                } else {
+                    up.forward(&h, None)?
+                };
             }
         }
         self.conv_norm_out_then_conv_out(&h)
+    }
+
+    fn resnets(resnets: &[ResnetBlock2D], mut h: Tensor) -> Result<Tensor> {
+        for resnet in resnets {
+            h = resnet.forward(&h, None)?;
+        }
+        Ok(h)
+    }
+
+    /// The last level's resnets, whose input (the upsampler's output, which nothing else holds)
+    /// is no longer needed: on a large map the first block writes its output and its first
+    /// convolution's into that tensor's two channel halves, and each following block writes
+    /// over its input with the other half as scratch, so no other full-resolution tensor is
+    /// made. The plain blocks elsewhere (same bits either way).
+    fn resnets_in_place(resnets: &[ResnetBlock2D], h: Tensor) -> Result<Tensor> {
+        let Some((first, rest)) = resnets.split_first() else {
+            return Ok(h);
+        };
+        if !worth_banding(&h, h.elem_count()) {
+            return Self::resnets(resnets, h);
+        }
+        let Some((out, scratch)) = first.forward_banded_split(h.clone(), BAND_BYTES)? else {
+            return Self::resnets(resnets, h);
+        };
+        drop(h);
+        for (j, resnet) in rest.iter().enumerate() {
+            if !resnet.forward_banded_over(&out, &scratch, BAND_BYTES)? {
+                return Self::resnets(&rest[j..], out);
+            }
+        }
+        Ok(out)
     }
 }
