@@ -19,7 +19,38 @@ pub const BAND_BYTES: usize = 24 << 20;
 
 /// Whether a banded layer should handle an f32 tensor of `elements` values.
 pub fn worth_banding(x: &Tensor, elements: usize) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32 && elements * 4 >= BANDED_MIN_BYTES
+    x.device().is_cpu() && x.dtype() == DType::F32 && elements * 4 >= sizes().0
+}
+
+/// The band size the layers use: [`BAND_BYTES`].
+pub fn band_bytes() -> usize {
+    sizes().1
+}
+
+/// ([`BANDED_MIN_BYTES`], [`BAND_BYTES`]), or what a test on this thread set with
+/// [`with_sizes`].
+fn sizes() -> (usize, usize) {
+    #[cfg(test)]
+    if let Some(sizes) = SIZES_FOR_TEST.with(std::cell::Cell::get) {
+        return sizes;
+    }
+    (BANDED_MIN_BYTES, BAND_BYTES)
+}
+
+#[cfg(test)]
+thread_local! {
+    static SIZES_FOR_TEST: std::cell::Cell<Option<(usize, usize)>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` on this thread with other banding sizes, so that a test can band a small model's
+/// maps (every layer banded, in many bands) and compare with the plain run.
+#[cfg(test)]
+pub(crate) fn with_sizes<R>(min_bytes: usize, band_bytes: usize, f: impl FnOnce() -> R) -> R {
+    SIZES_FOR_TEST.with(|s| s.set(Some((min_bytes, band_bytes))));
+    let result = f();
+    SIZES_FOR_TEST.with(|s| s.set(None));
+    result
 }
 
 /// The bands of `height` rows for an input of `channels` x `width` f32 values per row (and

@@ -2,7 +2,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, VarBuilder};
 
-use super::banded::{bands, conv_rows, normalized_conv, worth_banding, BAND_BYTES};
+use super::banded::{band_bytes, bands, conv_rows, normalized_conv, worth_banding};
 use super::{conv2d, linear, Conv2d, Linear};
 
 use super::{group_norm, Activation, GroupNorm};
@@ -107,7 +107,7 @@ impl ResnetBlock2D {
     /// activation before its projection, as diffusers does with skip_time_act false).
     pub fn forward(&self, input: &Tensor, temb: Option<&Tensor>) -> Result<Tensor> {
         if temb.is_none() && worth_banding(input, input.elem_count()) {
-            if let Some(out) = self.forward_banded(input, BAND_BYTES)? {
+            if let Some(out) = self.forward_banded(input, band_bytes())? {
                 return Ok(out);
             }
         }

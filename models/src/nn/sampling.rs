@@ -2,7 +2,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, VarBuilder};
 
-use super::banded::{bands, conv_rows, worth_banding, BAND_BYTES};
+use super::banded::{band_bytes, bands, conv_rows, worth_banding};
 use super::{conv2d, Conv2d};
 
 /// 3x3 conv with stride 2. With padding 0, diffusers first pads right and bottom by one
@@ -66,7 +66,7 @@ impl Upsample2D {
         let (out_h, out_w) = size.unwrap_or((2 * h, 2 * w));
         let doubling = (out_h, out_w) == (2 * h, 2 * w);
         if doubling && self.conv.keeps_size_3x3() && worth_banding(x, 4 * x.elem_count()) {
-            return self.forward_doubled_banded(x, BAND_BYTES);
+            return self.forward_doubled_banded(x, band_bytes());
         }
         let x = x.upsample_nearest2d(out_h, out_w)?;
         self.conv.forward(&x)
@@ -109,7 +109,7 @@ impl Upsample2D {
     /// only half of the input stays beside the finished output. Same bits as [`Self::forward`].
     pub fn forward_doubled_consuming(&self, x: Tensor) -> Result<Tensor> {
         if self.conv.keeps_size_3x3() && worth_banding(&x, 4 * x.elem_count()) {
-            self.doubled_from_pieces(x, BAND_BYTES)
+            self.doubled_from_pieces(x, band_bytes())
         } else {
             self.forward(&x, None)
         }

@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::nn::banded::{normalized_conv, worth_banding, BAND_BYTES};
+use crate::nn::banded::{band_bytes, normalized_conv, worth_banding};
 use crate::nn::Conv2d;
 
 use super::encoder::{conv3x3, mid_block, resnet_config, VAE_EPS};
@@ -71,7 +71,7 @@ impl Decoder {
     fn conv_norm_out_then_conv_out(&self, h: &Tensor) -> Result<Tensor> {
         if self.conv_out.keeps_size_3x3() && worth_banding(h, h.elem_count()) {
             if let Some(rows) = self.conv_norm_out.rows_then(h, Activation::Silu)? {
-                return normalized_conv(&rows, &self.conv_out, h, BAND_BYTES);
+                return normalized_conv(&rows, &self.conv_out, h, band_bytes());
             }
         }
         // Always SiLU here, whatever act_fn (diffusers' `conv_act = nn.SiLU()`).
@@ -124,12 +124,12 @@ impl Decoder {
         if !worth_banding(&h, h.elem_count()) {
             return Self::resnets(resnets, h);
         }
-        let Some((out, scratch)) = first.forward_banded_split(h.clone(), BAND_BYTES)? else {
+        let Some((out, scratch)) = first.forward_banded_split(h.clone(), band_bytes())? else {
             return Self::resnets(resnets, h);
         };
         drop(h);
         for (j, resnet) in rest.iter().enumerate() {
-            if !resnet.forward_banded_over(&out, &scratch, BAND_BYTES)? {
+            if !resnet.forward_banded_over(&out, &scratch, band_bytes())? {
                 return Self::resnets(&rest[j..], out);
             }
         }

@@ -276,6 +276,39 @@ mod tests {
         );
     }
 
+    /// The decoder's banded wiring (banded resnets, the last level computed inside the
+    /// upsampler's buffer, the two-piece upsampler, the banded output conv) gives the plain
+    /// decode's bits: every layer banded, in bands of a few rows, against no banding at all.
+    #[test]
+    fn banded_decode_gives_the_plain_bits() {
+        // Channels halve into the last level (as SD's 256 -> 128), so its first resnet has the
+        // 1x1 shortcut the in-place split needs; deterministic random weights.
+        let config = VaeConfig::from_json(
+            r#"{"block_out_channels": [16, 32, 32], "layers_per_block": 2, "norm_num_groups": 8,
+                "latent_channels": 4, "in_channels": 3, "out_channels": 3, "sample_size": 64,
+                "scaling_factor": 0.18215,
+                "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+                "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"]}"#,
+        )
+        .expect("vae config");
+        let vb = crate::tiny_weights::deterministic_var_builder(11, DType::F32, &Device::Cpu);
+        let vae = AutoencoderKL::new(vb, &config).expect("vae");
+        let latents = crate::rng::TorchGenerator::new(3)
+            .randn_tensor(&[1, 4, 9, 7], &Device::Cpu, DType::F32)
+            .expect("latents");
+        let latents = &latents;
+        let plain = crate::nn::banded::with_sizes(usize::MAX, 0, || vae.decode(latents))
+            .expect("plain decode");
+        let banded =
+            crate::nn::banded::with_sizes(0, 2048, || vae.decode(latents)).expect("banded decode");
+        let bits = |t: &Tensor| -> Vec<u32> {
+            let values = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            values.iter().map(|v| v.to_bits()).collect()
+        };
+        assert_eq!(plain.dims(), banded.dims());
+        assert!(bits(&plain) == bits(&banded), "banded decode differs");
+    }
+
     #[test]
     fn sd_32px_tiles_match_diffusers() {
         check_against_diffusers("sd-turbo-1step", "sd", 32);
