@@ -115,24 +115,8 @@ pub fn normalized_conv(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use crate::nn::test_util::{bits, ramp};
     use candle_nn::Conv2dConfig;
-
-    fn ramp(shape: &[usize], scale: f32) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) * scale)
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu)
-    }
-
-    pub(crate) fn bits(t: &Tensor) -> Result<Vec<u32>> {
-        Ok(t.flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .map(|v| v.to_bits())
-            .collect())
-    }
 
     #[test]
     fn bands_cover_the_height_in_order() {

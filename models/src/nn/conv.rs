@@ -112,15 +112,8 @@ pub fn conv2d_no_bias(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{DType, Device};
-
-    fn ramp(shape: &[usize], scale: f32) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) * scale)
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu)
-    }
+    use crate::nn::test_util::ramp;
+    use candle_core::DType;
 
     #[test]
     fn packed_and_candle_layers_agree() -> Result<()> {

@@ -70,15 +70,7 @@ pub fn linear_no_bias(in_dim: usize, out_dim: usize, vb: VarBuilder) -> Result<L
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
-
-    fn ramp(shape: &[usize], scale: f32) -> Result<Tensor> {
-        let n: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) * scale)
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu)
-    }
+    use crate::nn::test_util::ramp;
 
     #[test]
     fn packed_and_candle_layers_agree() -> Result<()> {

@@ -12,6 +12,8 @@ pub mod norm;
 mod packed;
 pub mod resnet;
 pub mod sampling;
+#[cfg(test)]
+mod test_util;
 pub mod timestep;
 
 pub use activation::Activation;

@@ -208,16 +208,9 @@ impl ResnetBlock2D {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::test_util::bits;
     use crate::tiny_weights::deterministic_var_builder;
     use candle_core::{DType, Device};
-
-    pub(super) fn bits(t: &Tensor) -> Result<Vec<u32>> {
-        Ok(t.flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .map(|v| v.to_bits())
-            .collect())
-    }
 
     pub(super) fn block(
         seed: u64,

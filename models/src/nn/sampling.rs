@@ -169,16 +169,9 @@ impl Upsample2D {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::test_util::bits;
     use crate::tiny_weights::deterministic_var_builder;
     use candle_core::{DType, Device};
-
-    fn bits(t: &Tensor) -> Result<Vec<u32>> {
-        Ok(t.flatten_all()?
-            .to_vec1::<f32>()?
-            .iter()
-            .map(|v| v.to_bits())
-            .collect())
-    }
 
     /// x2 upsampling by bands of output rows (1 to all, odd and even band edges) gives the plain
     /// upsample-then-convolve bits.

@@ -137,7 +137,8 @@ fn shares_elements(a: &Tensor, b: &Tensor) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{bits, block};
+    use super::super::tests::block;
+    use crate::nn::test_util::bits;
     use candle_core::{Device, Result, Tensor};
 
     /// The block computed in its input's storage (the split first block, then blocks over the
