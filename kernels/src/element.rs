@@ -1,5 +1,6 @@
 //! Storage element types the hand-written kernels read and write through f32.
 
+use candle_core::{bail, Result, Tensor};
 use half::{bf16, f16, slice::HalfFloatSliceExt};
 
 /// f32, f16 or bf16: the kernels compute in f32 and convert whole runs of values at once.
@@ -36,3 +37,23 @@ macro_rules! half_element {
 }
 half_element!(f16);
 half_element!(bf16);
+
+/// The tensor's values as a flat vector of `T` (through f32 unless it is `T` already).
+pub(crate) fn values<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
+    t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()
+}
+
+/// A bias tensor of shape [len] as f32 values.
+pub(crate) fn bias_values(
+    bias: Option<&Tensor>,
+    len: usize,
+    what: &str,
+) -> Result<Option<Vec<f32>>> {
+    bias.map(|b| {
+        if b.dims() != [len] {
+            bail!("{what}: bias must have shape [{len}], got {:?}", b.dims());
+        }
+        values::<f32>(b)
+    })
+    .transpose()
+}

@@ -3,6 +3,7 @@
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::element::{bias_values, values};
 use crate::gemm::{gemm, Bias, GemmOutput, Isa, KMajor, PackedMatrix, PanelSource};
 
 use super::direct::{self, conv2d_direct};
@@ -39,23 +40,8 @@ impl Conv2dKernel {
         let (out_channels, in_channels, kernel_h, kernel_w) = weight.dims4()?;
         geometry.check()?;
         let depth = in_channels * kernel_h * kernel_w;
-        let values = weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let weight = PackedMatrix::pack_a(isa, &values, out_channels, depth)?;
-        let bias = match bias {
-            Some(b) => {
-                if b.dims() != [out_channels] {
-                    bail!(
-                        "conv2d: bias must have shape [{out_channels}], got {:?}",
-                        b.dims()
-                    );
-                }
-                Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-            }
-            None => None,
-        };
+        let weight = PackedMatrix::pack_a(isa, &values::<f32>(weight)?, out_channels, depth)?;
+        let bias = bias_values(bias, out_channels, "conv2d")?;
         Ok(Self {
             isa,
             weight,

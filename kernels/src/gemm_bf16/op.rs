@@ -6,26 +6,12 @@ use candle_core::backend::BackendStorage;
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use half::bf16;
 
+use crate::element::{bias_values, values};
+
 use super::{
     conv2d_bf16, conv2d_output_size, linear_bf16, Conv2dGeometry, Out, PackedB, PackedConvWeights,
     ToBf16,
 };
-
-/// The tensor's values as a flat vector of `T` (through f32 unless it is `T` already).
-fn values<T: candle_core::WithDType>(t: &Tensor) -> Result<Vec<T>> {
-    t.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1::<T>()
-}
-
-/// A bias tensor of shape [len] as f32 values.
-fn bias_values(bias: Option<&Tensor>, len: usize, what: &str) -> Result<Option<Vec<f32>>> {
-    bias.map(|b| {
-        if b.dims() != [len] {
-            bail!("{what}: bias must have shape [{len}], got {:?}", b.dims());
-        }
-        values::<f32>(b)
-    })
-    .transpose()
-}
 
 /// Runs `f` on the input's contiguous values and a new output buffer of the same dtype.
 fn with_io(

@@ -2,6 +2,7 @@
 
 use candle_core::{bail, CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 
+use crate::element::{bias_values, values};
 use crate::gemm::{gemm, Bias, GemmOutput, Isa, LaneMajor, PackedMatrix};
 
 /// A linear layer's (out, in) weight packed for the GEMM once, applied to f32 CPU inputs.
@@ -24,23 +25,13 @@ impl LinearKernel {
     /// As [`LinearKernel::new`], with a given microkernel (tests run every one).
     pub fn with_isa(isa: Isa, weight: &Tensor, bias: Option<&Tensor>) -> Result<Self> {
         let (out_features, in_features) = weight.dims2()?;
-        let values = weight
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let weight = PackedMatrix::pack_b_transposed(isa, &values, out_features, in_features)?;
-        let bias = match bias {
-            Some(b) => {
-                if b.dims() != [out_features] {
-                    bail!(
-                        "linear: bias must have shape [{out_features}], got {:?}",
-                        b.dims()
-                    );
-                }
-                Some(b.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-            }
-            None => None,
-        };
+        let weight = PackedMatrix::pack_b_transposed(
+            isa,
+            &values::<f32>(weight)?,
+            out_features,
+            in_features,
+        )?;
+        let bias = bias_values(bias, out_features, "linear")?;
         Ok(Self {
             isa,
             weight,
