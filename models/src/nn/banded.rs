@@ -97,19 +97,41 @@ pub fn normalized_conv(
     band_bytes: usize,
 ) -> Result<Tensor> {
     let (n, c, h, w) = x.dims4()?;
+    let bands = bands(band_bytes, (n, c, h, w));
+    stitch_rows(
+        (n, h, w),
+        &bands,
+        "banded convolution",
+        |_, first, count| conv_rows(conv, h, first, count, |a, b| rows.rows(x, a, b - a)),
+    )
+}
+
+/// The (n, channels, height, width) tensor whose rows `first..first + count` are
+/// `band(index, first, count)` for each of `bands` in order (its channels taken from the first
+/// band): a banded layer's output, allocated once and filled band by band.
+pub fn stitch_rows(
+    (n, height, width): (usize, usize, usize),
+    bands: &[(usize, usize)],
+    what: &str,
+    mut band: impl FnMut(usize, usize, usize) -> Result<Tensor>,
+) -> Result<Tensor> {
     let mut out: Option<Tensor> = None;
-    for (first, count) in bands(band_bytes, (n, c, h, w)) {
-        let band = conv_rows(conv, h, first, count, |a, b| rows.rows(x, a, b - a))?;
+    for (index, &(first, count)) in bands.iter().enumerate() {
+        let rows = band(index, first, count)?;
         let out = match &out {
             Some(out) => out,
             None => {
-                let (_, co, _, _) = band.dims4()?;
-                out.insert(Tensor::zeros((n, co, h, w), band.dtype(), band.device())?)
+                let (_, channels, _, _) = rows.dims4()?;
+                out.insert(Tensor::zeros(
+                    (n, channels, height, width),
+                    rows.dtype(),
+                    rows.device(),
+                )?)
             }
         };
-        out.slice_set(&band.contiguous()?, 2, first)?;
+        out.slice_set(&rows.contiguous()?, 2, first)?;
     }
-    out.ok_or_else(|| candle_core::Error::Msg("banded convolution of an empty tensor".into()))
+    out.ok_or_else(|| candle_core::Error::Msg(format!("{what} of an empty tensor")))
 }
 
 #[cfg(test)]

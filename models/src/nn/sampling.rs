@@ -2,7 +2,7 @@
 use candle_core::{Result, Tensor};
 use candle_nn::{Conv2dConfig, Module, VarBuilder};
 
-use super::banded::{band_bytes, bands, conv_rows, worth_banding};
+use super::banded::{band_bytes, bands, conv_rows, stitch_rows, worth_banding};
 use super::{conv2d, Conv2d};
 
 /// 3x3 conv with stride 2. With padding 0, diffusers first pads right and bottom by one
@@ -77,29 +77,21 @@ impl Upsample2D {
     pub(crate) fn forward_doubled_banded(&self, x: &Tensor, band_bytes: usize) -> Result<Tensor> {
         let (n, c, h, w) = x.dims4()?;
         let (out_h, out_w) = (2 * h, 2 * w);
-        let mut out: Option<Tensor> = None;
-        for (first, count) in bands(band_bytes, (n, c, out_h, out_w)) {
-            let band = conv_rows(&self.conv, out_h, first, count, |a, b| {
-                // Upsampled rows a..b come from source rows a / 2 ..= (b - 1) / 2.
-                let (s0, s1) = (a / 2, (b - 1) / 2 + 1);
-                x.narrow(2, s0, s1 - s0)?
-                    .upsample_nearest2d(2 * (s1 - s0), out_w)?
-                    .narrow(2, a - 2 * s0, b - a)
-            })?;
-            let out = match &out {
-                Some(out) => out,
-                None => {
-                    let (_, co, _, _) = band.dims4()?;
-                    out.insert(Tensor::zeros(
-                        (n, co, out_h, out_w),
-                        band.dtype(),
-                        band.device(),
-                    )?)
-                }
-            };
-            out.slice_set(&band.contiguous()?, 2, first)?;
-        }
-        out.ok_or_else(|| candle_core::Error::Msg("banded upsampling of an empty tensor".into()))
+        let bands = bands(band_bytes, (n, c, out_h, out_w));
+        stitch_rows(
+            (n, out_h, out_w),
+            &bands,
+            "banded upsampling",
+            |_, first, count| {
+                conv_rows(&self.conv, out_h, first, count, |a, b| {
+                    // Upsampled rows a..b come from source rows a / 2 ..= (b - 1) / 2.
+                    let (s0, s1) = (a / 2, (b - 1) / 2 + 1);
+                    x.narrow(2, s0, s1 - s0)?
+                        .upsample_nearest2d(2 * (s1 - s0), out_w)?
+                        .narrow(2, a - 2 * s0, b - a)
+                })
+            },
+        )
     }
 
     /// x2 upsampling of an input the caller gives up (the VAE decoder's last upsampler, whose
@@ -133,36 +125,27 @@ impl Upsample2D {
         };
         let bottom = x.narrow(2, bottom_start, h - bottom_start)?.contiguous()?;
         drop(x);
-        let mut out: Option<Tensor> = None;
-        for (index, &(first, count)) in bands.iter().enumerate() {
-            if index == split && top.take().is_some() {
-                crate::allocator::release_free_heap();
-            }
-            let (piece, offset) = match &top {
-                Some(top) => (top, 0),
-                None => (&bottom, bottom_start),
-            };
-            let band = conv_rows(&self.conv, out_h, first, count, |a, b| {
-                let (s0, s1) = (a / 2, (b - 1) / 2 + 1);
-                piece
-                    .narrow(2, s0 - offset, s1 - s0)?
-                    .upsample_nearest2d(2 * (s1 - s0), out_w)?
-                    .narrow(2, a - 2 * s0, b - a)
-            })?;
-            let out = match &out {
-                Some(out) => out,
-                None => {
-                    let (_, co, _, _) = band.dims4()?;
-                    out.insert(Tensor::zeros(
-                        (n, co, out_h, out_w),
-                        band.dtype(),
-                        band.device(),
-                    )?)
+        stitch_rows(
+            (n, out_h, out_w),
+            &bands,
+            "banded upsampling",
+            |index, first, count| {
+                if index == split && top.take().is_some() {
+                    crate::allocator::release_free_heap();
                 }
-            };
-            out.slice_set(&band.contiguous()?, 2, first)?;
-        }
-        out.ok_or_else(|| candle_core::Error::Msg("banded upsampling of an empty tensor".into()))
+                let (piece, offset) = match &top {
+                    Some(top) => (top, 0),
+                    None => (&bottom, bottom_start),
+                };
+                conv_rows(&self.conv, out_h, first, count, |a, b| {
+                    let (s0, s1) = (a / 2, (b - 1) / 2 + 1);
+                    piece
+                        .narrow(2, s0 - offset, s1 - s0)?
+                        .upsample_nearest2d(2 * (s1 - s0), out_w)?
+                        .narrow(2, a - 2 * s0, b - a)
+                })
+            },
+        )
     }
 }
 
